@@ -1,0 +1,471 @@
+#!/usr/bin/env bash
+# wsgate vs nginx vs HAProxy vs direct, side by side in one run (see bench/README.md).
+#
+#   bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
+#                    [--targets "direct nginx haproxy wsgate"] [--no-build] [--keep]
+#   bench/compare.sh scale [--quick] [--conns N] [--hold SECS]
+#                    [--client-interval 1s] [--backend-interval 1s]
+#
+# Everything runs on loopback (127.0.0.0/8); every process this script starts is
+# stopped by PID on exit. Results: bench/RESULTS.md (sections replaced in place) and
+# raw JSON lines in bench/results/.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+cd "$ROOT"
+CMDLINE="bench/$(basename "$0") $*"
+
+MODE=compare
+if [[ ${1:-} == scale ]]; then MODE=scale; shift; fi
+
+QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0
+SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=1s
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --idle-conns) IDLE_CONNS=$2; shift ;;
+    --targets) TARGETS=$2; shift ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    --conns) SCALE_CONNS=$2; shift ;;
+    --hold) SCALE_HOLD=$2; shift ;;
+    --client-interval) CLIENT_INTERVAL=$2; shift ;;
+    --backend-interval) BACKEND_INTERVAL=$2; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [[ $QUICK == 1 ]]; then
+  : "${ROUNDS:=2}" "${DURATION:=2}" "${IDLE_CONNS:=2000}"
+  WARMUP=0.5 IDLE_HOLD=3
+  : "${SCALE_CONNS:=2000}" "${SCALE_HOLD:=20}"
+else
+  : "${ROUNDS:=5}" "${DURATION:=10}" "${IDLE_CONNS:=9000}"
+  WARMUP=2 IDLE_HOLD=6
+  : "${SCALE_CONNS:=9000}" "${SCALE_HOLD:=60}"
+fi
+: "${TARGETS:=direct nginx haproxy wsgate}"
+
+# Ports (loopback only).
+ECHO1=18001 ECHO2=18002 NGINX_PORT=18081 HAPROXY_PORT=18082 WSGATE_PORT=18083 WSGATE_ADMIN=19093
+WORKERS=2          # proxy worker processes/threads for every proxy
+ECHO_WORKERS=1     # tokio threads per echo backend (two backends)
+LOAD_WORKERS=2     # tokio threads of the load generator
+
+ulimit -n 20000
+REL=$ROOT/target/release
+LOAD=$REL/wsgate-bench-load
+ECHO=$REL/wsgate-bench-echo
+WSGATE=${WSGATE_BIN:-$REL/wsgate}   # WSGATE_BIN: compare another build
+WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
+mkdir -p "$BENCH_DIR/results"
+STARTED=()
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+cleanup() {
+  local p
+  for p in "${STARTED[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${STARTED[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  if [[ $KEEP == 1 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ setup
+
+install_proxies() {
+  local need=()
+  command -v nginx >/dev/null || need+=(nginx-light)
+  command -v haproxy >/dev/null || need+=(haproxy)
+  [[ ${#need[@]} -eq 0 ]] && return
+  log "installing ${need[*]}"
+  apt-get update -q >/dev/null
+  apt-get install -y -q "${need[@]}" >/dev/null || apt-get install -y -q nginx haproxy >/dev/null
+}
+
+build() {
+  [[ $BUILD == 1 ]] || return 0
+  log "cargo build --release -p wsgate -p wsgate-bench"
+  if ! cargo build --release -p wsgate -p wsgate-bench 2>"$WORK/build.log"; then
+    log "wsgate does not build (see $WORK/build.log); building the harness alone"
+    cargo build --release -p wsgate-bench 2>>"$WORK/build.log" || { cat "$WORK/build.log" >&2; exit 1; }
+  fi
+}
+
+wait_port() { # port [seconds [pid that must stay alive]]
+  local deadline=$((SECONDS + ${2:-15}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    ((SECONDS < deadline)) || return 1
+    [[ -z ${3:-} ]] || kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+}
+
+start_echo() {
+  local port
+  for port in $ECHO1 $ECHO2; do
+    "$ECHO" --listen "127.0.0.1:$port" --workers $ECHO_WORKERS 2>"$WORK/echo-$port.log" &
+    STARTED+=($!)
+    ECHO_PIDS+=($!)
+  done
+  wait_port $ECHO1 && wait_port $ECHO2 || { log "echo backends did not start"; exit 1; }
+}
+
+start_nginx() {
+  local d=$WORK/nginx
+  mkdir -p "$d/logs" "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  upstream echo {
+    hash \$arg_client_id consistent;
+    server 127.0.0.1:$ECHO1;
+    server 127.0.0.1:$ECHO2;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
+      proxy_connect_timeout 5s;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+  nginx -p "$d" -c "$d/nginx.conf" 2>"$d/logs/stderr.log" &
+  NGINX_PID=$!
+  STARTED+=($NGINX_PID)
+  wait_port $NGINX_PORT 15 $NGINX_PID || { log "nginx did not start:"; cat "$d/logs/"* >&2; return 1; }
+}
+
+start_haproxy() {
+  local d=$WORK/haproxy
+  mkdir -p "$d"
+  cat >"$d/haproxy.cfg" <<EOF
+global
+  nbthread $WORKERS
+  # 2 fds per proxied connection + a few: must stay under the 20000 hard fd limit.
+  maxconn 9980
+  tune.bufsize 16384
+defaults
+  mode http
+  maxconn 9980
+  timeout connect 5s
+  timeout client 3600s
+  timeout server 3600s
+  timeout tunnel 1h
+  timeout http-request 10s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  balance url_param client_id
+  hash-type consistent
+  server b1 127.0.0.1:$ECHO1
+  server b2 127.0.0.1:$ECHO2
+EOF
+  haproxy -db -f "$d/haproxy.cfg" >"$d/stdout.log" 2>"$d/stderr.log" &
+  HAPROXY_PID=$!
+  STARTED+=($HAPROXY_PID)
+  wait_port $HAPROXY_PORT 15 $HAPROXY_PID || { log "haproxy did not start:"; cat "$d/stderr.log" >&2; return 1; }
+}
+
+write_wsgate_config() { # file client_interval backend_interval
+  cat >"$1" <<EOF
+[server]
+listen = "127.0.0.1:$WSGATE_PORT"
+max_connections = 100000
+
+[admin]
+listen = "127.0.0.1:$WSGATE_ADMIN"
+
+[routing]
+client_id = ["query:client_id"]
+
+[health]
+http_path = ""
+
+[heartbeat]
+client_interval = "$2"
+backend_interval = "$3"
+
+[[backends]]
+name = "b1"
+url = "ws://127.0.0.1:$ECHO1"
+
+[[backends]]
+name = "b2"
+url = "ws://127.0.0.1:$ECHO2"
+EOF
+}
+
+start_wsgate() { # client_interval backend_interval
+  local d=$WORK/wsgate
+  mkdir -p "$d"
+  [[ -x $WSGATE ]] || { log "no $WSGATE: wsgate skipped"; return 1; }
+  write_wsgate_config "$d/wsgate.toml" "${1:-30s}" "${2:-30s}"
+  WSGATE_WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} "$WSGATE" run -c "$d/wsgate.toml" \
+    >"$d/stdout.log" 2>"$d/stderr.log" &
+  WSGATE_PID=$!
+  STARTED+=($WSGATE_PID)
+  wait_port $WSGATE_PORT 20 $WSGATE_PID || { log "wsgate did not start:"; tail -20 "$d/stderr.log" >&2; return 1; }
+}
+
+# Every process that belongs to a target (for CPU and memory accounting).
+pids_of() {
+  case $1 in
+    direct) echo "" ;;
+    nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
+    haproxy) echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')" ;;
+    wsgate) echo "$WSGATE_PID" ;;
+  esac
+}
+
+urls_of() {
+  case $1 in
+    direct) echo "--url ws://127.0.0.1:$ECHO1/ --url ws://127.0.0.1:$ECHO2/" ;;
+    nginx) echo "--url ws://127.0.0.1:$NGINX_PORT/" ;;
+    haproxy) echo "--url ws://127.0.0.1:$HAPROXY_PORT/" ;;
+    wsgate) echo "--url ws://127.0.0.1:$WSGATE_PORT/" ;;
+  esac
+}
+
+pid_args() { local p; p=$(pids_of "$1" | xargs | tr ' ' ','); [[ -n $p ]] && echo "--pids $p"; true; }
+
+# "rss_kb pss_kb" summed over the given PIDs (smaps_rollup).
+mem_of() {
+  local rss=0 pss=0 p r s
+  for p in "$@"; do
+    [[ -r /proc/$p/smaps_rollup ]] || continue
+    read -r r s < <(awk '/^Rss:/{r=$2} /^Pss:/{s=$2} END{print r+0, s+0}' "/proc/$p/smaps_rollup")
+    rss=$((rss + r)); pss=$((pss + s))
+  done
+  echo "$rss $pss"
+}
+
+# JSON snapshot of the proxy's memory and the kernel's socket memory.
+mem_json() { # pids...
+  local rss pss sock slab tcp sslab
+  read -r rss pss < <(mem_of "$@")
+  sock=$(awk '$1=="TCP:"{for(i=2;i<NF;i++) if($i=="mem") print $(i+1)}' /proc/net/sockstat)
+  tcp=$(awk '$1=="TCP:"{for(i=2;i<NF;i++) if($i=="inuse") print $(i+1)}' /proc/net/sockstat)
+  slab=$(awk '$1=="Slab:"{print $2}' /proc/meminfo)
+  # Slab caches a TCP socket's kernel objects live in (dentry left out: too noisy on
+  # a machine where builds run; it adds ~192 B per socket).
+  sslab=$(awk 'BEGIN { split("TCP request_sock_TCP sock_inode_cache eventpoll_epi eventpoll_pwq filp tcp_bind_bucket tcp_bind2_bucket skbuff_head_cache", n, " "); for (i in n) want[n[i]] = 1 }
+    ($1 in want) { s += $2 * $4 } END { printf "%d", s / 1024 }' /proc/slabinfo 2>/dev/null || echo 0)
+  echo "{\"rss_kb\":$rss,\"pss_kb\":$pss,\"sock_mem_pages\":${sock:-0},\"tcp_inuse\":${tcp:-0},\"slab_kb\":${slab:-0},\"sock_slab_kb\":${sslab:-0}}"
+}
+
+sanity() { # target: one short handshake run must succeed
+  local out
+  # shellcheck disable=SC2046
+  out=$("$LOAD" --workers 1 handshakes $(urls_of "$1") --concurrency 2 --duration 0.3s 2>/dev/null | tail -1) || true
+  if ! grep -q '"errors":0' <<<"$out" || grep -q '"completed":0' <<<"$out"; then
+    log "$1 fails a basic echo: $out"
+    return 1
+  fi
+}
+
+machine_info() {
+  local cpu kernel ngv hav wsv rv
+  # (|| true: an early-exiting reader may SIGPIPE the writer, and pipefail is on)
+  cpu=$(lscpu 2>/dev/null | awk -F: '/Model name/{gsub(/^ +/,"",$2); print $2; exit}') || true
+  kernel=$(uname -sr)
+  ngv=$(nginx -v 2>&1 | head -1) || true
+  hav=$(haproxy -v 2>/dev/null | head -1 | sed 's/ - https.*//') || true
+  wsv=$([[ -x $WSGATE ]] && "$WSGATE" --version 2>/dev/null | head -1 || echo "not built") || true
+  rv=$(rustc -V)
+  printf '%s\t%s\n' cpu "$cpu" kernel "$kernel" nginx "$ngv" haproxy "$hav" wsgate "$wsv" \
+    rustc "$rv" cores "$(nproc)" command "$CMDLINE"
+}
+
+# ------------------------------------------------------------------ tests
+
+RESULTS=$WORK/results.jsonl
+LOG_ERR=$WORK/load.err
+
+record() { # target test round json [extra-json-fields]
+  echo "{\"target\":\"$1\",\"test\":\"$2\",\"round\":$3${5:+,$5},\"result\":$4}" >>"$RESULTS"
+}
+
+run_load() { # target test round -- load args...
+  local t=$1 test=$2 r=$3 out
+  shift 4
+  out=$(timeout 300 "$LOAD" --workers $LOAD_WORKERS "$@" 2>>"$LOG_ERR" | tail -1) || true
+  [[ -n $out ]] || out='{"error":"load generator failed"}'
+  record "$t" "$test" "$r" "$out"
+  log "  $t $test: $(cut -c1-200 <<<"$out")"
+}
+
+# shellcheck disable=SC2046
+run_round() { # round
+  local r=$1 t size
+  for size in 64 4096 65536; do
+    for t in $ACTIVE; do
+      run_load "$t" "throughput_$size" "$r" -- throughput $(urls_of "$t") $(pid_args "$t") \
+        --conns 64 --inflight 16 --size $size --duration "${DURATION}s" --warmup "${WARMUP}s"
+    done
+  done
+  for t in $ACTIVE; do
+    run_load "$t" latency "$r" -- latency $(urls_of "$t") $(pid_args "$t") \
+      --conns 64 --rate 10000 --size 64 --duration "${DURATION}s" --warmup "${WARMUP}s"
+  done
+  for t in $ACTIVE; do
+    run_load "$t" handshakes "$r" -- handshakes $(urls_of "$t") $(pid_args "$t") \
+      --concurrency 32 --duration "${DURATION}s"
+  done
+}
+
+# Idle connections through target $1 ($2 = count, $3 = hold seconds, $4 = test name).
+# Samples memory before, 2 s after READY, and records all of it.
+# shellcheck disable=SC2046
+run_idle() {
+  local t=$1 n=$2 hold=$3 name=${4:-idle} out=$WORK/idle-$1.out before during lp deadline
+  local -a pids
+  read -r -a pids <<<"$(pids_of "$t")"
+  sleep 1
+  before=$(mem_json "${pids[@]}")
+  "$LOAD" --workers $LOAD_WORKERS idle $(urls_of "$t") $(pid_args "$t") --conns "$n" \
+    --hold "${hold}s" >"$out" 2>>"$LOG_ERR" &
+  lp=$!
+  STARTED+=($lp)
+  deadline=$((SECONDS + 180))
+  until grep -q '^READY' "$out" 2>/dev/null; do
+    if ! kill -0 $lp 2>/dev/null || ((SECONDS > deadline)); then break; fi
+    sleep 0.2
+  done
+  sleep 2
+  read -r -a pids <<<"$(pids_of "$t")"
+  during=$(mem_json "${pids[@]}")
+  wait $lp || true
+  local res
+  res=$(grep '^{' "$out" | tail -1) || true
+  [[ -n $res ]] || res='{"error":"idle load failed"}'
+  record "$t" "$name" 1 "$res" "\"before\":$before,\"during\":$during"
+  log "  $t $name: before $before during $during -> $(cut -c1-160 <<<"$res")"
+}
+
+# ------------------------------------------------------------------ modes
+
+compare_main() {
+  install_proxies
+  build
+  ECHO_PIDS=()
+  start_echo
+  ACTIVE=""
+  local t
+  for t in $TARGETS; do
+    case $t in
+      direct) ACTIVE+=" direct" ;;
+      nginx) start_nginx && sanity nginx && ACTIVE+=" nginx" ;;
+      haproxy) start_haproxy && sanity haproxy && ACTIVE+=" haproxy" ;;
+      wsgate) start_wsgate 30s 30s && sanity wsgate && ACTIVE+=" wsgate" ;;
+    esac || log "$t left out of this run"
+  done
+  log "targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
+  # Memory first, on fresh processes, so earlier traffic does not hide growth.
+  for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD"; done
+  local r
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS"
+    run_round $r
+  done
+  machine_info >"$WORK/meta.tsv"
+  cp "$RESULTS" "$BENCH_DIR/results/compare-last.jsonl"
+  cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-last.meta.tsv"
+  python3 "$BENCH_DIR/report.py" compare "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+}
+
+scrape_heartbeats() { # -> "client_count backend_count" of wsgate_heartbeat_rtt_seconds
+  local m
+  m=$(curl -s --max-time 3 "http://127.0.0.1:$WSGATE_ADMIN/metrics" 2>/dev/null) || true
+  awk '
+    /^wsgate_heartbeat_rtt_seconds_count/ {
+      if ($0 ~ /peer="client"/) c += $NF; else if ($0 ~ /peer="backend"/) b += $NF }
+    END { printf "%d %d\n", c, b }' <<<"$m"
+}
+
+cpu_ticks() { # pid -> utime+stime in clock ticks
+  awk '{s=$0; sub(/.*\) /,"",s); split(s,f," "); print f[12]+f[13]}' "/proc/$1/stat"
+}
+
+scale_main() {
+  build
+  [[ -x $WSGATE ]] || { log "scale test needs target/release/wsgate"; exit 1; }
+  ECHO_PIDS=()
+  start_echo
+  start_wsgate "$CLIENT_INTERVAL" "$BACKEND_INTERVAL" || exit 1
+  sanity wsgate || exit 1
+  local n=$SCALE_CONNS hold=$SCALE_HOLD out=$WORK/scale.out lp before during late
+  sleep 1
+  before=$(mem_json "$WSGATE_PID")
+  log "scale: $n idle connections through wsgate, heartbeat client $CLIENT_INTERVAL backend $BACKEND_INTERVAL, hold ${hold}s"
+  "$LOAD" --workers $LOAD_WORKERS idle --url "ws://127.0.0.1:$WSGATE_PORT/" --conns "$n" \
+    --hold "${hold}s" --pids "$WSGATE_PID" >"$out" 2>>"$LOG_ERR" &
+  lp=$!
+  STARTED+=($lp)
+  local deadline=$((SECONDS + 180)) t_ready
+  until grep -q '^READY' "$out" 2>/dev/null; do
+    if ! kill -0 $lp 2>/dev/null || ((SECONDS > deadline)); then break; fi
+    sleep 0.2
+  done
+  t_ready=$SECONDS
+  # Steady state: skip the first 5 s after READY (connect burst, first heartbeats).
+  sleep 5
+  during=$(mem_json "$WSGATE_PID")
+  local c0 c1 hb0 hb1 w0 w1 win
+  c0=$(cpu_ticks "$WSGATE_PID")
+  hb0=$(scrape_heartbeats)
+  w0=$(date +%s.%N)
+  win=$((hold - 5 - (SECONDS - t_ready) - 3))
+  ((win < 5)) && win=5
+  sleep "$win"
+  c1=$(cpu_ticks "$WSGATE_PID")
+  hb1=$(scrape_heartbeats)
+  w1=$(date +%s.%N)
+  late=$(mem_json "$WSGATE_PID")
+  wait $lp || true
+  local res
+  res=$(grep '^{' "$out" | tail -1) || true
+  [[ -n $res ]] || res='{"error":"idle load failed"}'
+  local extra
+  extra=$(printf '"conns":%s,"client_interval":"%s","backend_interval":"%s","before":%s,"during":%s,"late":%s,"cpu_ticks":%s,"window_s":%s,"heartbeats_before":"%s","heartbeats_after":"%s"' \
+    "$n" "$CLIENT_INTERVAL" "$BACKEND_INTERVAL" "$before" "$during" "$late" "$((c1 - c0))" \
+    "$(python3 -c "print(round($w1 - $w0, 3))")" "$hb0" "$hb1")
+  record wsgate scale 1 "$res" "$extra"
+  log "scale: $(tail -1 "$RESULTS" | cut -c1-400)"
+  machine_info >"$WORK/meta.tsv"
+  cp "$RESULTS" "$BENCH_DIR/results/scale-last.jsonl"
+  python3 "$BENCH_DIR/report.py" scale "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+}
+
+case $MODE in
+  compare) compare_main ;;
+  scale) scale_main ;;
+esac

@@ -1,0 +1,164 @@
+//! `wsgate-bench-echo`: a minimal, fast WebSocket echo backend for benchmarks.
+//!
+//! After the HTTP upgrade it works on raw frames: data frames (text, binary,
+//! continuation) are echoed with their opcode and FIN bit, pings are answered with
+//! pongs, a close is answered with the same close payload and then the TCP connection
+//! is closed (server closes first, RFC 6455 section 7.1.1). A plain HTTP request gets
+//! `200 ok` so HTTP health checks pass. It never validates UTF-8 and never compresses.
+
+use std::io;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wsgate_bench::{
+    MAX_HEAD_BYTES, accept_key, apply_mask, head_end, header_value, opcode, parse_header,
+    put_header,
+};
+
+/// Initial per-connection read buffer; it grows for big frames.
+const READ_BUF_INITIAL: usize = 4096;
+/// Bytes read per read call when the buffer has room to grow into.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Fast raw-frame WebSocket echo backend for wsgate benchmarks"
+)]
+struct Args {
+    /// Address to listen on; repeat for several listeners in one process.
+    #[arg(short, long, required = true)]
+    listen: Vec<SocketAddr>,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// listen(2) backlog.
+    #[arg(long, default_value_t = 4096)]
+    backlog: u32,
+}
+
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        for addr in &args.listen {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.set_reuseaddr(true)?;
+            sock.bind(*addr)?;
+            let listener = sock.listen(args.backlog)?;
+            eprintln!("wsgate-bench-echo listening on ws://{addr}");
+            tokio::spawn(accept_loop(listener));
+        }
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}
+
+async fn accept_loop(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(async move {
+                    let _ = serve(s).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF_INITIAL);
+    // Opening handshake.
+    let end = loop {
+        if let Some(e) = head_end(&buf) {
+            break e;
+        }
+        if buf.len() > MAX_HEAD_BYTES || read_more(&mut s, &mut buf).await? == 0 {
+            return Ok(());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let Some(key) = header_value(&head, "sec-websocket-key") else {
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+            .await?;
+        return Ok(());
+    };
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    );
+    s.write_all(resp.as_bytes()).await?;
+    buf.drain(..end);
+    buf.shrink_to(READ_BUF_INITIAL);
+
+    let mut out: Vec<u8> = Vec::new();
+    let mut pos = 0usize;
+    loop {
+        let mut closing = false;
+        while let Some(h) = parse_header(&buf[pos..])? {
+            if buf.len() - pos < h.frame_len() {
+                buf.reserve(h.frame_len());
+                break;
+            }
+            let payload = pos + h.header_len..pos + h.frame_len();
+            let reply_op = match h.opcode {
+                opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => Some(h.opcode),
+                opcode::PING => Some(opcode::PONG),
+                opcode::CLOSE => {
+                    closing = true;
+                    Some(opcode::CLOSE)
+                }
+                _ => None,
+            };
+            if let Some(op) = reply_op {
+                let fin = h.fin || op == opcode::PONG || op == opcode::CLOSE;
+                put_header(&mut out, fin, op, h.payload_len, None);
+                let start = out.len();
+                out.extend_from_slice(&buf[payload]);
+                if let Some(m) = h.mask {
+                    apply_mask(&mut out[start..], m);
+                }
+            }
+            pos += h.frame_len();
+            if closing {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            out.clear();
+            if out.capacity() > READ_CHUNK * 4 {
+                out = Vec::new();
+            }
+        }
+        if closing {
+            s.shutdown().await?;
+            return Ok(());
+        }
+        buf.drain(..pos);
+        pos = 0;
+        if read_more(&mut s, &mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads into the spare capacity of `buf`, growing it by up to `READ_CHUNK`.
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    s.read_buf(buf).await
+}

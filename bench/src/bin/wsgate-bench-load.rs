@@ -1,0 +1,1043 @@
+//! `wsgate-bench-load`: a lean raw-frame WebSocket load generator.
+//!
+//! Subcommands: `throughput` (pipelined echo), `latency` (fixed aggregate rate,
+//! timestamps in the payload), `idle` (hold many quiet connections, answer pings,
+//! verify at the end) and `handshakes` (connect, echo once, close, repeat).
+//! Every result is one JSON object on stdout; progress goes to stderr. Client frames
+//! are always masked (RFC 6455 section 5.3); pings from the server are answered.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use wsgate_bench::{
+    CLOCK_TICKS_PER_SEC, SourceAddrs, WsUrl, apply_mask, mask_key, opcode, parse_header,
+    put_header, put_masked_frame, self_cpu_ticks, total_cpu_ticks, ws_connect,
+};
+
+/// How long one connect + upgrade may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close handshake may take at the end of a run.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Distinct loopback source addresses handed out (127.1.0.1 ...).
+const SOURCE_ADDRS: u32 = 60_000;
+/// Status code in the close frames we send: 1000 normal closure.
+const CLOSE_NORMAL: [u8; 2] = 1000u16.to_be_bytes();
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Raw-frame WebSocket load generator for wsgate benchmarks"
+)]
+struct Cli {
+    /// Tokio worker threads.
+    #[arg(long, global = true, default_value_t = 2)]
+    workers: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+struct Common {
+    /// Target ws:// URL (IP:port). Repeat to spread connections round-robin.
+    #[arg(long, required = true)]
+    url: Vec<String>,
+    /// Processes whose CPU (utime+stime from /proc/PID/stat) is measured over the
+    /// measurement window, e.g. the proxy's processes. Comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+    /// Do not bind client sockets to spread 127.1.x.y source addresses.
+    #[arg(long)]
+    no_spread: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Pipelined echo: each connection keeps --inflight binary messages in flight.
+    Throughput {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        #[arg(long, default_value_t = 16)]
+        inflight: usize,
+        /// Payload bytes per message.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Leading part of --duration that is not counted.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+    },
+    /// Fixed aggregate message rate spread over the connections; reports latency.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Messages per second, all connections together.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
+    },
+    /// Open many idle connections, print `READY <n>`, hold, then verify with pings.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 9000)]
+        conns: usize,
+        /// How long to hold the connections after `READY`.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Connects in progress at once while opening.
+        #[arg(long, default_value_t = 200)]
+        connect_concurrency: usize,
+        /// How long each connection waits for the pong to its verification ping.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        verify_timeout: Duration,
+    },
+    /// Connect, one echo, close handshake, repeat, from --concurrency clients.
+    Handshakes {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Targets, source addresses and the connection counter shared by all tasks.
+struct Ctx {
+    urls: Vec<WsUrl>,
+    spread: bool,
+    src: SourceAddrs,
+    next_id: AtomicU64,
+    pids: Vec<u32>,
+}
+
+impl Ctx {
+    fn new(c: &Common) -> Result<Arc<Ctx>, String> {
+        let urls = c
+            .url
+            .iter()
+            .map(|u| WsUrl::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Ctx {
+            urls,
+            spread: !c.no_spread,
+            src: SourceAddrs::new(SOURCE_ADDRS),
+            next_id: AtomicU64::new(0),
+            pids: c.pids.clone(),
+        }))
+    }
+
+    /// Connects connection number `n` (client_id `c<n>`) to its target.
+    async fn connect(&self, n: u64) -> io::Result<(TcpStream, Vec<u8>)> {
+        let url = &self.urls[n as usize % self.urls.len()];
+        let target = url.target_with_client_id(&format!("c{n}"));
+        let src = self.spread.then(|| self.src.next());
+        ws_connect(url, &target, src, CONNECT_TIMEOUT).await
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// CPU of the watched processes and of this process, sampled at the window edges.
+struct CpuWindow {
+    pids: Vec<u32>,
+    start_pids: u64,
+    start_self: u64,
+}
+
+impl CpuWindow {
+    fn start(pids: &[u32]) -> CpuWindow {
+        CpuWindow {
+            pids: pids.to_vec(),
+            start_pids: total_cpu_ticks(pids),
+            start_self: self_cpu_ticks(),
+        }
+    }
+
+    /// (watched CPU seconds, own CPU seconds) since `start`.
+    fn stop(&self) -> (f64, f64) {
+        let p = total_cpu_ticks(&self.pids).saturating_sub(self.start_pids);
+        let s = self_cpu_ticks().saturating_sub(self.start_self);
+        let t = CLOCK_TICKS_PER_SEC as f64;
+        (p as f64 / t, s as f64 / t)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.workers.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Throughput {
+                common,
+                conns,
+                inflight,
+                size,
+                duration,
+                warmup,
+            } => throughput(Ctx::new(&common)?, conns, inflight, size, duration, warmup).await,
+            Cmd::Latency {
+                common,
+                conns,
+                rate,
+                size,
+                duration,
+                warmup,
+            } => latency(Ctx::new(&common)?, conns, rate, size, duration, warmup).await,
+            Cmd::Idle {
+                common,
+                conns,
+                hold,
+                connect_concurrency,
+                verify_timeout,
+            } => {
+                idle(
+                    Ctx::new(&common)?,
+                    conns,
+                    hold,
+                    connect_concurrency,
+                    verify_timeout,
+                )
+                .await
+            }
+            Cmd::Handshakes {
+                common,
+                concurrency,
+                duration,
+                size,
+            } => handshakes(Ctx::new(&common)?, concurrency, duration, size).await,
+        }
+    });
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            eprintln!("wsgate-bench-load: {e}");
+            println!("{}", json!({ "error": e }));
+            std::process::exit(1);
+        }
+    }
+    // Do not wait for lingering tasks (e.g. close handshakes that timed out).
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// What the reader half of a connection hands to its writer half.
+#[derive(Default)]
+struct Shared {
+    /// Echoes received and not yet replaced by a new message.
+    credits: AtomicUsize,
+    /// Control frames (pongs) the writer must send.
+    control: Mutex<Vec<u8>>,
+    wake: Notify,
+}
+
+/// Parses all complete frames at the front of `buf`, calling `on_frame(opcode, fin,
+/// payload)` for each, queues pongs for pings into `control`, and drops consumed bytes.
+/// Returns `Err` on a protocol error; `Ok(true)` if a close frame arrived.
+fn drain_frames(
+    buf: &mut Vec<u8>,
+    control: &mut Vec<u8>,
+    mut on_frame: impl FnMut(u8, bool, &[u8]),
+) -> io::Result<bool> {
+    let mut pos = 0;
+    let mut closed = false;
+    while let Some(h) = parse_header(&buf[pos..])? {
+        if buf.len() - pos < h.frame_len() {
+            buf.reserve(h.frame_len());
+            break;
+        }
+        let payload = &buf[pos + h.header_len..pos + h.frame_len()];
+        match h.opcode {
+            opcode::PING => put_masked_frame(control, opcode::PONG, payload),
+            opcode::CLOSE => {
+                closed = true;
+                on_frame(h.opcode, h.fin, payload);
+                pos += h.frame_len();
+                break;
+            }
+            op => on_frame(op, h.fin, payload),
+        }
+        pos += h.frame_len();
+    }
+    buf.drain(..pos);
+    Ok(closed)
+}
+
+/// Reads more bytes into `buf` (growing it when nearly full). 0 = EOF.
+async fn read_some<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(64 * 1024);
+    }
+    r.read_buf(buf).await
+}
+
+/// Sends a close frame and waits (bounded) for the peer's close and EOF.
+async fn close_handshake(s: &mut TcpStream, mut buf: Vec<u8>) -> bool {
+    let fut = async {
+        let mut out = Vec::new();
+        put_masked_frame(&mut out, opcode::CLOSE, &CLOSE_NORMAL);
+        s.write_all(&out).await?;
+        let mut got_close = false;
+        let mut control = Vec::new();
+        loop {
+            if !got_close {
+                got_close = drain_frames(&mut buf, &mut control, |_, _, _| {})?;
+            }
+            if got_close {
+                buf.clear();
+            }
+            let n = read_some(s, &mut buf).await?;
+            if n == 0 {
+                return Ok::<bool, io::Error>(got_close);
+            }
+        }
+    };
+    matches!(tokio::time::timeout(CLOSE_TIMEOUT, fut).await, Ok(Ok(true)))
+}
+
+// ---------------------------------------------------------------- throughput
+
+async fn throughput(
+    ctx: Arc<Ctx>,
+    conns: usize,
+    inflight: usize,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<serde_json::Value, String> {
+    let warmup = warmup.min(duration / 2);
+    // Connect everyone first so the window measures steady-state relaying only.
+    let mut streams = Vec::with_capacity(conns);
+    let mut connect_errors = 0u64;
+    let mut first_error = None;
+    for _ in 0..conns {
+        match ctx.connect(ctx.next_id()).await {
+            Ok(s) => streams.push(s),
+            Err(e) => {
+                connect_errors += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    if streams.is_empty() {
+        return Err(format!("no connection opened: {first_error:?}"));
+    }
+    let start = Instant::now();
+    let warm_at = start + warmup;
+    let deadline = start + duration;
+    let window_msgs = Arc::new(AtomicU64::new(0));
+    let total_msgs = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let clean_closes = Arc::new(AtomicU64::new(0));
+    // A prebuilt masked frame: valid framing, and no per-message masking cost.
+    let mut frame = Vec::new();
+    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    put_masked_frame(&mut frame, opcode::BINARY, &payload);
+    let frame = Arc::new(frame);
+    let opened = streams.len();
+    let mut tasks = Vec::new();
+    for (s, rest) in streams {
+        let frame = frame.clone();
+        let (w, t, e, c) = (
+            window_msgs.clone(),
+            total_msgs.clone(),
+            errors.clone(),
+            clean_closes.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            match pump(s, rest, &frame, inflight, warm_at, deadline, &w, &t).await {
+                Ok(true) => {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    e.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep_until(warm_at).await;
+    let cpu = CpuWindow::start(&ctx.pids);
+    tokio::time::sleep_until(deadline).await;
+    let (proxy_cpu, self_cpu) = cpu.stop();
+    let measured = (deadline - warm_at).as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let msgs = window_msgs.load(Ordering::Relaxed);
+    let rate = msgs as f64 / measured;
+    let mut v = json!({
+        "mode": "throughput",
+        "conns": conns,
+        "opened": opened,
+        "connect_errors": connect_errors,
+        "inflight": inflight,
+        "size": size,
+        "seconds": measured,
+        "messages": msgs,
+        "msgs_per_s": rate,
+        "mb_per_s": rate * size as f64 / 1e6,
+        "total_messages": total_msgs.load(Ordering::Relaxed),
+        "errors": errors.load(Ordering::Relaxed),
+        "clean_closes": clean_closes.load(Ordering::Relaxed),
+        "loadgen_cpu_s": self_cpu,
+    });
+    if !ctx.pids.is_empty() && msgs > 0 {
+        v["proxy_cpu_s"] = json!(proxy_cpu);
+        v["proxy_cpu_us_per_msg"] = json!(proxy_cpu * 1e6 / msgs as f64);
+        v["proxy_cpu_s_per_million_relayed"] = json!(proxy_cpu * 1e6 / (2.0 * msgs as f64));
+    }
+    if let Some(e) = first_error {
+        v["first_error"] = json!(e);
+    }
+    Ok(v)
+}
+
+/// One pipelined echo connection. Returns whether it ended with a clean close.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    mut s: TcpStream,
+    rest: Vec<u8>,
+    frame: &[u8],
+    inflight: usize,
+    warm_at: Instant,
+    deadline: Instant,
+    window: &AtomicU64,
+    total: &AtomicU64,
+) -> io::Result<bool> {
+    let shared = Shared {
+        credits: AtomicUsize::new(inflight),
+        ..Default::default()
+    };
+    // Set by the writer once it has stopped sending (at the deadline).
+    let writer_done = AtomicBool::new(false);
+    let done_wake = Notify::new();
+    let batch_small = frame.len() < 16 * 1024;
+    let mut buf = rest;
+    buf.reserve(64 * 1024);
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        let mut out = Vec::with_capacity(if batch_small {
+            frame.len() * inflight + 256
+        } else {
+            256
+        });
+        let r = async {
+            loop {
+                {
+                    let mut c = shared.control.lock().unwrap();
+                    out.extend_from_slice(&c);
+                    c.clear();
+                }
+                if Instant::now() >= deadline {
+                    if !out.is_empty() {
+                        wr.write_all(&out).await?;
+                    }
+                    return Ok::<(), io::Error>(());
+                }
+                let n = shared.credits.swap(0, Ordering::AcqRel);
+                if n == 0 && out.is_empty() {
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    continue;
+                }
+                if batch_small {
+                    for _ in 0..n {
+                        out.extend_from_slice(frame);
+                    }
+                    wr.write_all(&out).await?;
+                } else {
+                    if !out.is_empty() {
+                        wr.write_all(&out).await?;
+                    }
+                    for _ in 0..n {
+                        wr.write_all(frame).await?;
+                    }
+                }
+                out.clear();
+            }
+        }
+        .await;
+        writer_done.store(true, Ordering::Release);
+        done_wake.notify_one();
+        r
+    };
+    // The reader keeps reading until the writer has stopped, so a writer blocked on a
+    // full socket always drains; echoes still in flight are then absorbed by the close
+    // handshake.
+    let reader = async {
+        let mut control = Vec::new();
+        loop {
+            if writer_done.load(Ordering::Acquire) {
+                break;
+            }
+            let n = tokio::select! {
+                r = read_some(&mut rd, &mut buf) => r?,
+                _ = done_wake.notified() => continue,
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed",
+                ));
+            }
+            let mut got = 0usize;
+            let closed = drain_frames(&mut buf, &mut control, |op, fin, _| {
+                if fin && (op == opcode::BINARY || op == opcode::TEXT || op == opcode::CONTINUATION)
+                {
+                    got += 1;
+                }
+            })?;
+            if got > 0 {
+                total.fetch_add(got as u64, Ordering::Relaxed);
+                let now = Instant::now();
+                if now >= warm_at && now < deadline {
+                    window.fetch_add(got as u64, Ordering::Relaxed);
+                }
+                shared.credits.fetch_add(got, Ordering::AcqRel);
+            }
+            if !control.is_empty() {
+                shared.control.lock().unwrap().append(&mut control);
+            }
+            if got > 0 || !shared.control.lock().unwrap().is_empty() {
+                shared.wake.notify_one();
+            }
+            if closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "server sent close",
+                ));
+            }
+        }
+        Ok(())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    r?;
+    w?;
+    // Echoes still in flight are drained by the close handshake.
+    Ok(close_handshake(&mut s, buf).await)
+}
+
+// ---------------------------------------------------------------- latency
+
+async fn latency(
+    ctx: Arc<Ctx>,
+    conns: usize,
+    rate: u64,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<serde_json::Value, String> {
+    let size = size.max(8);
+    let warmup = warmup.min(duration / 2);
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let s = ctx
+            .connect(ctx.next_id())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        streams.push(s);
+    }
+    let base = Instant::now();
+    let start = base + Duration::from_millis(50);
+    let warm_at = start + warmup;
+    let deadline = start + duration;
+    // Each connection sends every `period`; their phases are staggered evenly.
+    let period = Duration::from_secs_f64(conns as f64 / rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    for (i, (s, rest)) in streams.into_iter().enumerate() {
+        let first = start + period.mul_f64(i as f64 / conns as f64);
+        tasks.push(tokio::spawn(latency_conn(
+            s, rest, size, base, first, period, warm_at, deadline,
+        )));
+    }
+    tokio::time::sleep_until(warm_at).await;
+    let cpu = CpuWindow::start(&ctx.pids);
+    tokio::time::sleep_until(deadline).await;
+    let (proxy_cpu, self_cpu) = cpu.stop();
+    let mut hist = new_hist();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        match t.await {
+            Ok(Ok((h, n))) => {
+                hist.add(&h).map_err(|e| e.to_string())?;
+                sent += n;
+            }
+            _ => errors += 1,
+        }
+    }
+    let measured = (deadline - warm_at).as_secs_f64();
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let mut v = json!({
+        "mode": "latency",
+        "conns": conns,
+        "rate": rate,
+        "size": size,
+        "seconds": measured,
+        "sent_in_window": sent,
+        "received_in_window": hist.len(),
+        "achieved_rate": hist.len() as f64 / measured,
+        "p50_us": us(0.5),
+        "p90_us": us(0.9),
+        "p99_us": us(0.99),
+        "p999_us": us(0.999),
+        "max_us": hist.max() as f64 / 1000.0,
+        "mean_us": hist.mean() / 1000.0,
+        "errors": errors,
+        "loadgen_cpu_s": self_cpu,
+    });
+    if !ctx.pids.is_empty() {
+        v["proxy_cpu_s"] = json!(proxy_cpu);
+    }
+    Ok(v)
+}
+
+fn new_hist() -> Histogram<u64> {
+    // Nanoseconds, 1 us .. 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// One fixed-rate connection. Returns its histogram (ns) and messages sent in the window.
+#[allow(clippy::too_many_arguments)]
+async fn latency_conn(
+    mut s: TcpStream,
+    rest: Vec<u8>,
+    size: usize,
+    base: Instant,
+    first: Instant,
+    period: Duration,
+    warm_at: Instant,
+    deadline: Instant,
+) -> io::Result<(Histogram<u64>, u64)> {
+    let shared = Shared::default();
+    let mut hist = new_hist();
+    let mut buf = rest;
+    buf.reserve(16 * 1024);
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        let mut interval = tokio::time::interval_at(first, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut payload = vec![0u8; size];
+        let mut out = Vec::with_capacity(size + 64);
+        let mut sent = 0u64;
+        loop {
+            let tick = tokio::select! {
+                _ = interval.tick() => true,
+                _ = shared.wake.notified() => false,
+            };
+            {
+                let mut c = shared.control.lock().unwrap();
+                out.extend_from_slice(&c);
+                c.clear();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if !out.is_empty() {
+                    wr.write_all(&out).await?;
+                }
+                return Ok::<u64, io::Error>(sent);
+            }
+            if tick {
+                let ts = (now - base).as_nanos() as u64;
+                payload[..8].copy_from_slice(&ts.to_le_bytes());
+                let key = mask_key();
+                put_header(&mut out, true, opcode::BINARY, size, Some(key));
+                let p0 = out.len();
+                out.extend_from_slice(&payload);
+                apply_mask(&mut out[p0..], key);
+                if now >= warm_at {
+                    sent += 1;
+                }
+            }
+            if !out.is_empty() {
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+        }
+    };
+    let reader = async {
+        let mut control = Vec::new();
+        loop {
+            let n = tokio::select! {
+                r = read_some(&mut rd, &mut buf) => r?,
+                _ = tokio::time::sleep_until(deadline + Duration::from_millis(200)) => break,
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed",
+                ));
+            }
+            let now = Instant::now();
+            let since_base = (now - base).as_nanos() as u64;
+            let closed = drain_frames(&mut buf, &mut control, |op, _, p| {
+                if op == opcode::BINARY && p.len() >= 8 {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&p[..8]);
+                    let ts = u64::from_le_bytes(b);
+                    if base + Duration::from_nanos(ts) >= warm_at {
+                        let _ = hist.record(since_base.saturating_sub(ts).max(1_000));
+                    }
+                }
+            })?;
+            if !control.is_empty() {
+                shared.control.lock().unwrap().append(&mut control);
+                shared.wake.notify_one();
+            }
+            if closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "server sent close",
+                ));
+            }
+        }
+        Ok(())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    r?;
+    let sent = w?;
+    close_handshake(&mut s, buf).await;
+    Ok((hist, sent))
+}
+
+// ---------------------------------------------------------------- idle
+
+/// Counters of the idle run, shared by all connection tasks.
+#[derive(Default)]
+struct IdleStats {
+    opened: AtomicU64,
+    failed: AtomicU64,
+    lost: AtomicU64,
+    pings_answered: AtomicU64,
+    verified: AtomicU64,
+}
+
+async fn idle(
+    ctx: Arc<Ctx>,
+    conns: usize,
+    hold: Duration,
+    connect_concurrency: usize,
+    verify_timeout: Duration,
+) -> Result<serde_json::Value, String> {
+    let stats = Arc::new(IdleStats::default());
+    let (verify_tx, verify_rx) = watch::channel(false);
+    let gate = Arc::new(Semaphore::new(connect_concurrency.max(1)));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let (ctx, stats, rx, fe) = (
+            ctx.clone(),
+            stats.clone(),
+            verify_rx.clone(),
+            first_error.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = ctx.connect(ctx.next_id()).await;
+            if r.is_ok() {
+                stats.opened.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+            match r {
+                Ok((s, rest)) => {
+                    idle_conn(s, rest, rx, &stats, verify_timeout).await;
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    fe.lock().unwrap().get_or_insert(e.to_string());
+                }
+            }
+        }));
+    }
+    // Wait for the last connects to finish.
+    let _ = gate
+        .acquire_many(connect_concurrency.max(1) as u32)
+        .await
+        .expect("semaphore");
+    let open_secs = t0.elapsed().as_secs_f64();
+    let opened = stats.opened.load(Ordering::Relaxed);
+    println!("READY {opened}");
+    eprintln!(
+        "idle: {opened} open, {} failed in {open_secs:.1}s; holding {hold:?}",
+        stats.failed.load(Ordering::Relaxed)
+    );
+    let cpu = CpuWindow::start(&ctx.pids);
+    tokio::time::sleep(hold).await;
+    let (proxy_cpu, self_cpu) = cpu.stop();
+    let lost_during_hold = stats.lost.load(Ordering::Relaxed);
+    let _ = verify_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut v = json!({
+        "mode": "idle",
+        "conns": conns,
+        "opened": opened,
+        "failed": stats.failed.load(Ordering::Relaxed),
+        "open_seconds": open_secs,
+        "hold_seconds": hold.as_secs_f64(),
+        "lost_during_hold": lost_during_hold,
+        "pings_answered": stats.pings_answered.load(Ordering::Relaxed),
+        "alive_at_end": stats.verified.load(Ordering::Relaxed),
+        "loadgen_cpu_s": self_cpu,
+    });
+    if !ctx.pids.is_empty() {
+        v["proxy_cpu_s_during_hold"] = json!(proxy_cpu);
+        v["proxy_cpu_pct_during_hold"] = json!(proxy_cpu * 100.0 / hold.as_secs_f64());
+    }
+    if let Some(e) = first_error.lock().unwrap().take() {
+        v["first_error"] = json!(e);
+    }
+    Ok(v)
+}
+
+/// Holds one quiet connection: no read buffer while nothing arrives, pings answered.
+/// On the verify signal: ping, wait for the matching pong, close.
+async fn idle_conn(
+    mut s: TcpStream,
+    rest: Vec<u8>,
+    mut verify: watch::Receiver<bool>,
+    stats: &IdleStats,
+    verify_timeout: Duration,
+) {
+    const PROBE: &[u8] = b"wsgate-bench-verify";
+    let mut buf = rest;
+    let mut control = Vec::new();
+    let mut probe_deadline: Option<Instant> = None;
+    let result: io::Result<bool> = async {
+        loop {
+            // Frames may already be buffered (e.g. bytes that followed the 101).
+            let mut got_probe = false;
+            let closed = drain_frames(&mut buf, &mut control, |op, _, p| {
+                if op == opcode::PONG && p == PROBE {
+                    got_probe = true;
+                }
+            })?;
+            if !control.is_empty() {
+                stats.pings_answered.fetch_add(1, Ordering::Relaxed);
+                s.write_all(&control).await?;
+                control.clear();
+            }
+            if closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "server sent close",
+                ));
+            }
+            if got_probe {
+                return Ok(true);
+            }
+            if buf.is_empty() {
+                // Release the buffer while idle.
+                buf = Vec::new();
+            }
+            let verify_wait = async {
+                match probe_deadline {
+                    Some(d) => {
+                        tokio::time::sleep_until(d).await;
+                        true
+                    }
+                    None => {
+                        let _ = verify.wait_for(|v| *v).await;
+                        false
+                    }
+                }
+            };
+            tokio::select! {
+                r = s.readable() => {
+                    r?;
+                    let mut chunk = [0u8; 2048];
+                    match s.try_read(&mut chunk) {
+                        Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                timed_out = verify_wait => {
+                    if timed_out {
+                        return Ok(false);
+                    }
+                    let mut out = Vec::new();
+                    put_masked_frame(&mut out, opcode::PING, PROBE);
+                    s.write_all(&out).await?;
+                    probe_deadline = Some(Instant::now() + verify_timeout);
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            stats.verified.fetch_add(1, Ordering::Relaxed);
+            close_handshake(&mut s, buf).await;
+        }
+        Ok(false) => {}
+        Err(_) => {
+            if probe_deadline.is_none() {
+                stats.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- handshakes
+
+async fn handshakes(
+    ctx: Arc<Ctx>,
+    concurrency: usize,
+    duration: Duration,
+    size: usize,
+) -> Result<serde_json::Value, String> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let cpu = CpuWindow::start(&ctx.pids);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (ctx, ok, errors, fe) = (ctx.clone(), ok.clone(), errors.clone(), first_error.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_hist();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match one_handshake(&ctx, size).await {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let _ = hist.record(t.elapsed().as_nanos() as u64);
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        fe.lock().unwrap().get_or_insert(e.to_string());
+                        // Do not spin on a refusing target.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    let mut hist = new_hist();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            hist.add(&h).map_err(|e| e.to_string())?;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (proxy_cpu, self_cpu) = cpu.stop();
+    let n = ok.load(Ordering::Relaxed);
+    let mut v = json!({
+        "mode": "handshakes",
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "completed": n,
+        "errors": errors.load(Ordering::Relaxed),
+        "handshakes_per_s": n as f64 / elapsed,
+        "p50_ms": hist.value_at_quantile(0.5) as f64 / 1e6,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1e6,
+        "loadgen_cpu_s": self_cpu,
+    });
+    if !ctx.pids.is_empty() && n > 0 {
+        v["proxy_cpu_s"] = json!(proxy_cpu);
+        v["proxy_cpu_us_per_handshake"] = json!(proxy_cpu * 1e6 / n as f64);
+    }
+    if let Some(e) = first_error.lock().unwrap().take() {
+        v["first_error"] = json!(e);
+    }
+    Ok(v)
+}
+
+/// Connect, upgrade, one echo, close handshake, wait for the server's TCP close.
+async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
+    let (mut s, mut buf) = ctx.connect(ctx.next_id()).await?;
+    let payload = vec![0x5Au8; size];
+    let mut out = Vec::new();
+    put_masked_frame(&mut out, opcode::BINARY, &payload);
+    s.write_all(&out).await?;
+    let echo = async {
+        let mut control = Vec::new();
+        loop {
+            let mut got = false;
+            let closed = drain_frames(&mut buf, &mut control, |op, _, p| {
+                if op == opcode::BINARY && p.len() == size {
+                    got = true;
+                }
+            })?;
+            if !control.is_empty() {
+                s.write_all(&control).await?;
+                control.clear();
+            }
+            if got {
+                return Ok(());
+            }
+            if closed {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "server sent close",
+                ));
+            }
+            if read_some(&mut s, &mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before echo",
+                ));
+            }
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, echo).await {
+        Ok(r) => r?,
+        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "echo timed out")),
+    }
+    if close_handshake(&mut s, buf).await {
+        Ok(())
+    } else {
+        Err(io::Error::other("close handshake incomplete"))
+    }
+}

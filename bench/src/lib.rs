@@ -1,0 +1,407 @@
+//! Shared pieces of the wsgate benchmark harness: a minimal RFC 6455 frame codec,
+//! the opening handshake for both sides, `ws://` URL parsing, loopback source-address
+//! spreading and `/proc` sampling.
+//!
+//! This code exists to generate and absorb load as cheaply as possible. It is not a
+//! general WebSocket implementation: no extensions, no TLS, no UTF-8 validation.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// RFC 6455 section 5.2 opcodes.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// RFC 6455 section 1.3: the GUID appended to the key for `Sec-WebSocket-Accept`.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Largest request/response head we accept during the opening handshake.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Largest frame payload either binary accepts: far above anything the benchmark sends.
+pub const MAX_FRAME_PAYLOAD: u64 = 64 * 1024 * 1024;
+
+/// A parsed frame header (RFC 6455 section 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    pub opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    pub header_len: usize,
+    pub payload_len: usize,
+}
+
+impl Header {
+    pub fn frame_len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+}
+
+/// Parses a frame header from the start of `buf`. `Ok(None)` means "need more bytes".
+pub fn parse_header(buf: &[u8]) -> io::Result<Option<Header>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let b0 = buf[0];
+    let b1 = buf[1];
+    if b0 & 0x70 != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "RSV bits set"));
+    }
+    let masked = b1 & 0x80 != 0;
+    let (len, mut pos) = match b1 & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[2..10]);
+            (u64::from_be_bytes(b), 10)
+        }
+        n => (n as u64, 2),
+    };
+    if len > MAX_FRAME_PAYLOAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mask = if masked {
+        if buf.len() < pos + 4 {
+            return Ok(None);
+        }
+        let m = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
+        pos += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Some(Header {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0F,
+        mask,
+        header_len: pos,
+        payload_len: len as usize,
+    }))
+}
+
+/// Appends a frame header to `out`.
+pub fn put_header(out: &mut Vec<u8>, fin: bool, opcode: u8, len: usize, mask: Option<[u8; 4]>) {
+    out.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
+    let mbit = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(mbit | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(mbit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mbit | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    if let Some(m) = mask {
+        out.extend_from_slice(&m);
+    }
+}
+
+/// XORs `data` with the 4-byte mask (RFC 6455 section 5.3), starting at mask offset 0.
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    let m64 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let v = u64::from_ne_bytes(w) ^ m64;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// A fresh client masking key. RFC 6455 asks for an unpredictable key per frame.
+pub fn mask_key() -> [u8; 4] {
+    fastrand::u32(..).to_ne_bytes()
+}
+
+/// Appends a complete masked client frame carrying `payload` to `out`.
+pub fn put_masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let key = mask_key();
+    put_header(out, true, opcode, payload.len(), Some(key));
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], key);
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.trim().as_bytes());
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Position just past the `\r\n\r\n` ending an HTTP head, if present.
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Value of an HTTP header in a raw head, matched case-insensitively.
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A parsed `ws://host:port/path?query` URL.
+#[derive(Debug, Clone)]
+pub struct WsUrl {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path_and_query: String,
+}
+
+impl WsUrl {
+    pub fn parse(url: &str) -> Result<WsUrl, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => match rest.find('?') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            },
+        };
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        let addr: SocketAddr = host
+            .parse()
+            .map_err(|_| format!("{url}: host must be an IP:port (loopback benchmark)"))?;
+        Ok(WsUrl {
+            addr,
+            host: host.to_string(),
+            path_and_query: path,
+        })
+    }
+
+    /// The request target with `client_id=<id>` appended to the query.
+    pub fn target_with_client_id(&self, id: &str) -> String {
+        let sep = if self.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{sep}client_id={id}", self.path_and_query)
+    }
+}
+
+/// Hands out loopback source addresses 127.1.0.1, 127.1.0.2, ... (skipping .0 and .255
+/// last octets), so client sockets never compete for one address's ephemeral ports.
+pub struct SourceAddrs {
+    next: AtomicU32,
+    count: u32,
+}
+
+impl SourceAddrs {
+    /// `count` distinct addresses, cycled.
+    pub fn new(count: u32) -> SourceAddrs {
+        SourceAddrs {
+            next: AtomicU32::new(0),
+            count: count.max(1),
+        }
+    }
+
+    pub fn next(&self) -> Ipv4Addr {
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        // 254 usable last octets (1..=254) per /24, starting at 127.1.0.0/24.
+        let third = k / 254;
+        let fourth = k % 254 + 1;
+        let second = 1 + third / 256;
+        Ipv4Addr::new(127, second as u8, (third % 256) as u8, fourth as u8)
+    }
+}
+
+/// Connects to `addr`, optionally from the given source address (port chosen by the kernel).
+pub async fn connect_from(addr: SocketAddr, src: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    if let Some(ip) = src {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
+    }
+    let s = sock.connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Opens a TCP connection and performs the client opening handshake (RFC 6455 section
+/// 4.1). Returns the stream and any bytes read past the 101 response head.
+pub async fn ws_connect(
+    url: &WsUrl,
+    target: &str,
+    src: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> io::Result<(TcpStream, Vec<u8>)> {
+    let fut = async {
+        let mut s = connect_from(url.addr, src).await?;
+        let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+        let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            url.host
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let end = loop {
+            if let Some(e) = head_end(&buf) {
+                break e;
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed during handshake",
+                ));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if status != "101" {
+            let first = head.lines().next().unwrap_or("").to_string();
+            return Err(io::Error::other(format!("upgrade refused: {first}")));
+        }
+        let want = accept_key(&key);
+        if header_value(&head, "sec-websocket-accept") != Some(want.as_str()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad Sec-WebSocket-Accept",
+            ));
+        }
+        let rest = buf[end..].to_vec();
+        Ok((s, rest))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connect/upgrade timed out",
+        )),
+    }
+}
+
+/// USER_HZ: the unit of utime/stime in /proc/PID/stat (100 on every Linux userland).
+pub const CLOCK_TICKS_PER_SEC: u64 = 100;
+
+/// utime + stime of a process (all its threads), in clock ticks.
+pub fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Summed CPU ticks of several processes (missing ones count as zero).
+pub fn total_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| proc_cpu_ticks(*p)).sum()
+}
+
+/// CPU ticks of this process.
+pub fn self_cpu_ticks() -> u64 {
+    proc_cpu_ticks(std::process::id()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 section 1.3.
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn header_roundtrip_all_length_forms() {
+        for len in [0usize, 125, 126, 65535, 65536, 1 << 20] {
+            let mut out = Vec::new();
+            put_header(&mut out, true, opcode::BINARY, len, Some([1, 2, 3, 4]));
+            let h = parse_header(&out).unwrap().unwrap();
+            assert_eq!(h.payload_len, len);
+            assert_eq!(h.header_len, out.len());
+            assert_eq!(h.mask, Some([1, 2, 3, 4]));
+            assert!(h.fin);
+            assert_eq!(h.opcode, opcode::BINARY);
+            assert!(parse_header(&out[..out.len() - 1]).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn mask_is_an_involution() {
+        let orig: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        let mut d = orig.clone();
+        apply_mask(&mut d, [9, 8, 7, 6]);
+        assert_ne!(d, orig);
+        for (i, b) in d.iter().enumerate() {
+            assert_eq!(*b, orig[i] ^ [9, 8, 7, 6][i % 4]);
+        }
+        apply_mask(&mut d, [9, 8, 7, 6]);
+        assert_eq!(d, orig);
+    }
+
+    #[test]
+    fn url_parsing() {
+        let u = WsUrl::parse("ws://127.0.0.1:8080").unwrap();
+        assert_eq!(u.path_and_query, "/");
+        assert_eq!(u.target_with_client_id("c1"), "/?client_id=c1");
+        let u = WsUrl::parse("ws://127.0.0.1:8080/x?a=b").unwrap();
+        assert_eq!(u.target_with_client_id("c1"), "/x?a=b&client_id=c1");
+    }
+
+    #[test]
+    fn source_addrs_skip_zero_and_broadcast_octets() {
+        let s = SourceAddrs::new(600);
+        let v: Vec<Ipv4Addr> = (0..600).map(|_| s.next()).collect();
+        assert_eq!(v[0], Ipv4Addr::new(127, 1, 0, 1));
+        assert_eq!(v[253], Ipv4Addr::new(127, 1, 0, 254));
+        assert_eq!(v[254], Ipv4Addr::new(127, 1, 1, 1));
+        assert_eq!(s.next(), Ipv4Addr::new(127, 1, 0, 1));
+    }
+}

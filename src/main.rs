@@ -1,0 +1,181 @@
+//! The command line only: parse, load the config, run the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use wsgate::config::{Config, LogFormat};
+use wsgate::{Gateway, demo};
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A WebSocket gateway: one binary, one TOML file."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gateway on 127.0.0.1:8080 (admin 127.0.0.1:9090) in front of two in-process echo backends.
+    Demo,
+    /// Run with a config file.
+    Run {
+        #[arg(short, long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(short, long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Check { config } = &cli.command {
+        return match Config::load(config) {
+            Ok(c) => {
+                println!("{}: ok ({} backends)", config.display(), c.backends.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(2)
+            }
+        };
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // WSGATE_WORKERS pins the worker count (benchmarks compare equal thread counts).
+    if let Some(n) = std::env::var("WSGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        match cli.command {
+            Command::Demo => demo_main().await,
+            Command::Run { config } => run_main(&config).await,
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn announce(gw: &Gateway) {
+    for a in gw.addrs() {
+        println!("wsgate listening on ws://{a}");
+    }
+    for a in gw.admin_addrs() {
+        println!("wsgate admin on http://{a}");
+    }
+}
+
+async fn demo_main() -> ExitCode {
+    init_logs(LogFormat::Text);
+    let mut addrs = Vec::new();
+    for name in ["demo-1", "demo-2"] {
+        match demo::echo_backend(name).await {
+            Ok(a) => addrs.push(a),
+            Err(e) => {
+                eprintln!("wsgate demo: cannot start echo backend: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let config = wsgate::config::demo_config(&addrs);
+    let gw = match Gateway::bind(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("wsgate demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&gw);
+    let a = gw.addrs()[0];
+    println!(
+        "\nDemo: two echo backends (demo-1, demo-2) behind the gateway.\n\
+         Connect with any WebSocket client, for example:\n  \
+         websocat 'ws://{a}/?client_id=alice'\n  \
+         python3 -m websockets 'ws://{a}/?client_id=alice'\n\
+         The same client_id always reaches the same backend (the first message says which).\n\
+         Send {{\"type\":\"ping\"}} and the gateway itself answers {{\"type\":\"pong\"}}.\n\
+         Metrics: http://{}/metrics   Backends: http://{}/backends\n\
+         Ctrl-C stops it gracefully.",
+        gw.admin_addrs()[0],
+        gw.admin_addrs()[0]
+    );
+    wait_for_signals(gw, None).await
+}
+
+async fn run_main(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log.format);
+    let gw = match Gateway::bind(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&gw);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
+    wait_for_signals(gw, Some(path)).await
+}
+
+/// SIGHUP reloads `path`; SIGTERM or SIGINT shut down gracefully.
+async fn wait_for_signals(gw: Gateway, path: Option<&Path>) -> ExitCode {
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("wsgate: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match path {
+                Some(p) => match Config::load(p) {
+                    Ok(c) => if let Err(e) = gw.reload(c) {
+                        tracing::error!(error = %e, "reload refused; the old config keeps serving");
+                    },
+                    Err(e) => {
+                        gw.metrics().reload(false);
+                        tracing::error!(error = %e, "reload refused; the old config keeps serving");
+                    }
+                },
+                None => tracing::info!("SIGHUP ignored: the demo has no config file"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down gracefully");
+    gw.shutdown().await;
+    tracing::info!("shutdown complete");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,364 @@
+//! The Prometheus registry and typed handles for every SPEC metric, so call
+//! sites never spell a metric name or a label value.
+//!
+//! One `Metrics` per gateway instance (not a global), so tests that run
+//! several gateways in one process see their own counts. Label sets are
+//! bounded: backend names, fixed enums and close codes, never client IDs or
+//! paths.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::error::Side;
+
+/// Why an upgrade request ended the way it did (`wsgate_connections_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnResult {
+    Upgraded,
+    OriginRejected,
+    AuthRejected,
+    Overloaded,
+    NoBackend,
+    BackendError,
+    BadRequest,
+}
+
+impl ConnResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnResult::Upgraded => "upgraded",
+            ConnResult::OriginRejected => "origin_rejected",
+            ConnResult::AuthRejected => "auth_rejected",
+            ConnResult::Overloaded => "overloaded",
+            ConnResult::NoBackend => "no_backend",
+            ConnResult::BackendError => "backend_error",
+            ConnResult::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Which health check a backend gauge is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Http,
+    Ws,
+}
+
+impl Check {
+    pub fn label(self) -> &'static str {
+        match self {
+            Check::Http => "http",
+            Check::Ws => "ws",
+        }
+    }
+}
+
+/// Per-direction counters, resolved once so the relay adds to them without
+/// a label lookup.
+#[derive(Clone)]
+pub struct DirectionCounters {
+    pub messages: IntCounter,
+    pub bytes: IntCounter,
+}
+
+/// Heartbeat handles for one peer kind.
+#[derive(Clone)]
+pub struct HeartbeatHandles {
+    pub rtt: Histogram,
+    pub timeouts: IntCounter,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    pub handshake_duration: Histogram,
+    pub connection_duration: Histogram,
+    pub client_to_backend: DirectionCounters,
+    pub backend_to_client: DirectionCounters,
+    closes_total: IntCounterVec,
+    pub client_heartbeat: HeartbeatHandles,
+    pub backend_heartbeat: HeartbeatHandles,
+    backend_up: IntGaugeVec,
+    health_check_duration: HistogramVec,
+    pub rate_limited: IntCounter,
+    config_reloads: IntCounterVec,
+}
+
+/// Latency buckets from 0.5 ms to 10 s: handshakes and heartbeat RTTs on a
+/// LAN sit at the low end, stuck backends at the high end.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// WebSocket connections live from seconds to days.
+const DURATION_BUCKETS: &[f64] = &[
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    1800.0,
+    3600.0,
+    4.0 * 3600.0,
+    24.0 * 3600.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let connections_active = reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "wsgate_connections_active",
+                    "Open proxied WebSocket connections",
+                ),
+                &["backend"],
+            ),
+        );
+        let connections_total = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new("wsgate_connections_total", "Upgrade requests by outcome"),
+                &["result"],
+            ),
+        );
+        for res in [
+            ConnResult::Upgraded,
+            ConnResult::OriginRejected,
+            ConnResult::AuthRejected,
+            ConnResult::Overloaded,
+            ConnResult::NoBackend,
+            ConnResult::BackendError,
+            ConnResult::BadRequest,
+        ] {
+            connections_total.with_label_values(&[res.label()]);
+        }
+        let handshake_duration = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "wsgate_handshake_duration_seconds",
+                    "From request head received to 101 sent (includes the backend dial)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+        );
+        let connection_duration = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "wsgate_connection_duration_seconds",
+                    "Lifetime of upgraded connections",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+            ),
+        );
+        let messages = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new("wsgate_messages_total", "WebSocket data messages relayed"),
+                &["direction"],
+            ),
+        );
+        let bytes = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new("wsgate_bytes_total", "WebSocket payload bytes relayed"),
+                &["direction"],
+            ),
+        );
+        let dir = |d: &str| DirectionCounters {
+            messages: messages.with_label_values(&[d]),
+            bytes: bytes.with_label_values(&[d]),
+        };
+        let closes_total = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "wsgate_closes_total",
+                    "Connection closes by initiator and close code",
+                ),
+                &["initiator", "code"],
+            ),
+        );
+        let rtt = reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "wsgate_heartbeat_rtt_seconds",
+                    "Round trip of the gateway's heartbeat pings",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["peer"],
+            ),
+        );
+        let timeouts = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "wsgate_heartbeat_timeouts_total",
+                    "Peers dropped for not answering heartbeats",
+                ),
+                &["peer"],
+            ),
+        );
+        let hb = |p: &str| HeartbeatHandles {
+            rtt: rtt.with_label_values(&[p]),
+            timeouts: timeouts.with_label_values(&[p]),
+        };
+        let backend_up = reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("wsgate_backend_up", "1 if the backend passes the check"),
+                &["backend", "check"],
+            ),
+        );
+        let health_check_duration = reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "wsgate_health_check_duration_seconds",
+                    "Duration of health checks",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["backend", "check"],
+            ),
+        );
+        let rate_limited = reg(
+            r,
+            IntCounter::new(
+                "wsgate_rate_limited_total",
+                "Connections closed by rate limits (4029)",
+            ),
+        );
+        let config_reloads = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new("wsgate_config_reloads_total", "Config reloads by result"),
+                &["result"],
+            ),
+        );
+        config_reloads.with_label_values(&["ok"]);
+        config_reloads.with_label_values(&["error"]);
+        #[cfg(target_os = "linux")]
+        {
+            // Registration fails only if registered twice; a fresh registry is ours.
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(pc));
+        }
+        Metrics {
+            client_to_backend: dir("client_to_backend"),
+            backend_to_client: dir("backend_to_client"),
+            client_heartbeat: hb("client"),
+            backend_heartbeat: hb("backend"),
+            registry,
+            connections_active,
+            connections_total,
+            handshake_duration,
+            connection_duration,
+            closes_total,
+            backend_up,
+            health_check_duration,
+            rate_limited,
+            config_reloads,
+        }
+    }
+
+    pub fn connection(&self, result: ConnResult) {
+        self.connections_total
+            .with_label_values(&[result.label()])
+            .inc();
+    }
+
+    pub fn active(&self, backend: &str) -> IntGauge {
+        self.connections_active.with_label_values(&[backend])
+    }
+
+    pub fn close(&self, initiator: Side, code: u16) {
+        self.closes_total
+            .with_label_values(&[initiator.label(), &code.to_string()])
+            .inc();
+    }
+
+    pub fn backend_up(&self, backend: &str, check: Check) -> IntGauge {
+        self.backend_up.with_label_values(&[backend, check.label()])
+    }
+
+    pub fn health_duration(&self, backend: &str, check: Check) -> Histogram {
+        self.health_check_duration
+            .with_label_values(&[backend, check.label()])
+    }
+
+    /// Drops the series of a backend removed by a reload, so dashboards do
+    /// not show a ghost.
+    pub fn forget_backend(&self, backend: &str) {
+        let _ = self.connections_active.remove_label_values(&[backend]);
+        for c in [Check::Http, Check::Ws] {
+            let _ = self.backend_up.remove_label_values(&[backend, c.label()]);
+            let _ = self
+                .health_check_duration
+                .remove_label_values(&[backend, c.label()]);
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The text exposition format served on `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn reg<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: Result<M, prometheus::Error>,
+) -> M {
+    let m = m.expect("metric definitions are constant and valid");
+    r.register(Box::new(m.clone()))
+        .expect("each metric is registered once");
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_spec_names() {
+        let m = Metrics::new();
+        m.connection(ConnResult::Upgraded);
+        m.client_to_backend.messages.inc_by(3);
+        m.close(Side::Client, 1000);
+        m.backend_up("b1", Check::Ws).set(1);
+        m.reload(false);
+        let text = m.render();
+        for line in [
+            "wsgate_connections_total{result=\"upgraded\"} 1",
+            "wsgate_messages_total{direction=\"client_to_backend\"} 3",
+            "wsgate_closes_total{code=\"1000\",initiator=\"client\"} 1",
+            "wsgate_backend_up{backend=\"b1\",check=\"ws\"} 1",
+            "wsgate_config_reloads_total{result=\"error\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The life of one proxied connection, as ordered phases sharing one
+//! task-owned context:
+//!
+//! `admit` (handshake, caps, Origin, auth, client ID) -> `pick_backends`
+//! -> `dial` (with retries along the ring) -> `respond_101` -> `relay` (its
+//! own task) -> `finish` (metrics, access log).
+//!
+//! A request that fails admission never dials; a dial that fails never
+//! sends a 101. Every refusal goes through `reject_response`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::auth::Admitted;
+use crate::error::{RETRY_AFTER_SECS, Reject};
+use crate::handshake::{self, accept_key};
+use crate::metrics::ConnResult;
+use crate::relay::{self, Report, Session};
+use crate::server::{ConnGuard, Shared, Snapshot};
+use crate::tls::Stream;
+use crate::upstream::{self, Backend, Dialed};
+
+/// What the connection task knows before the request arrives.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    /// The client connected over TLS (X-Forwarded-Proto: https).
+    pub tls: bool,
+    /// A cap was already exceeded at accept: answer with this.
+    pub precheck: Option<Reject>,
+    /// Holds the connection's place under the caps while it lives.
+    pub guard: Arc<ConnGuard>,
+}
+
+/// hyper's service function: every request on the WebSocket listener.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    ctx: Arc<ConnCtx>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let snap = ctx.shared.snapshot.load_full();
+    let metrics = &ctx.shared.metrics;
+    match proxy(&mut req, &ctx, &snap, started).await {
+        Ok(resp) => Ok(resp),
+        Err(reject) => {
+            metrics.connection(reject.result());
+            tracing::debug!(peer = %ctx.peer, status = reject.status().as_u16(), reason = %reject, "upgrade refused");
+            Ok(reject_response(&reject))
+        }
+    }
+}
+
+async fn proxy(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let admitted = admit(req, ctx, snap).await?;
+    let candidates = pick_backends(snap, &admitted.client_id)?;
+    let (backend, upgraded) = match dial(req, ctx, snap, &admitted, &candidates).await? {
+        DialOutcome::Upgraded(b, u) => (b, u),
+        DialOutcome::Refused(resp) => {
+            ctx.shared.metrics.connection(ConnResult::BackendError);
+            return Ok(resp);
+        }
+    };
+    Ok(respond_101(
+        req, ctx, snap, admitted, backend, upgraded, started,
+    ))
+}
+
+/// Phase 1: the request is a valid upgrade, under the caps, from an allowed
+/// Origin, with valid credentials. Yields the client ID.
+async fn admit(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+) -> Result<Admitted, Reject> {
+    handshake::check_upgrade(req)?;
+    if let Some(r) = &ctx.precheck {
+        return Err(r.clone());
+    }
+    snap.origins.check(req.headers().get(header::ORIGIN))?;
+    let mut admitted = snap.auth.admit(req).await?;
+    if admitted.client_id.is_empty() {
+        admitted.client_id =
+            handshake::client_id(req, &snap.config.routing.client_id, ctx.peer.ip());
+    }
+    Ok(admitted)
+}
+
+/// Phase 2: the backends to try, in ring order.
+fn pick_backends(snap: &Snapshot, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
+    let routing = &snap.config.routing;
+    let order = snap.ring.pick(
+        client_id,
+        1 + routing.connect_retries as usize,
+        |i| snap.backends[i].routable(),
+        |i| snap.backends[i].active.load(Ordering::Relaxed),
+        routing.load_factor,
+    );
+    if order.is_empty() {
+        return Err(Reject::NoBackend);
+    }
+    Ok(order
+        .into_iter()
+        .map(|i| snap.backends[i].clone())
+        .collect())
+}
+
+enum DialOutcome {
+    Upgraded(Arc<Backend>, upstream::Upgraded),
+    Refused(Response<Full<Bytes>>),
+}
+
+/// Phase 3: dial the candidates in order until one answers.
+async fn dial(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    admitted: &Admitted,
+    candidates: &[Arc<Backend>],
+) -> Result<DialOutcome, Reject> {
+    let path = upstream_path(req, snap, admitted);
+    let health = &snap.config.health;
+    let mut last_error = String::new();
+    for backend in candidates {
+        let headers = upstream_headers(req, ctx, &backend.url.authority(), admitted);
+        match upstream::dial(
+            backend,
+            &path,
+            headers,
+            snap.config.routing.connect_timeout.get(),
+        )
+        .await
+        {
+            Ok(Dialed::Upgraded(u)) => return Ok(DialOutcome::Upgraded(backend.clone(), u)),
+            Ok(Dialed::Refused(resp)) => return Ok(DialOutcome::Refused(resp)),
+            Err(e) => {
+                tracing::warn!(backend = %backend.name, error = %e, "backend dial failed");
+                backend.passive_failure(health.rise, health.fall, &ctx.shared.metrics);
+                last_error = format!("{}: {e}", backend.name);
+            }
+        }
+    }
+    Err(Reject::BackendUnreachable(last_error))
+}
+
+/// The client's path and query, minus a stripped token.
+fn upstream_path(req: &Request<Incoming>, snap: &Snapshot, admitted: &Admitted) -> String {
+    let path = req.uri().path();
+    match (req.uri().query(), &admitted.strip_query) {
+        (Some(q), Some(name)) => {
+            let q = handshake::strip_query_param(q, name);
+            if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            }
+        }
+        (Some(q), None) => format!("{path}?{q}"),
+        (None, _) => {
+            let _ = snap;
+            path.to_string()
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the gateway
+/// sets itself: never copied from the client.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "x-client-id",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// The upgrade request's headers for the backend: end-to-end headers as
+/// sent (including every Sec-WebSocket-* so subprotocols and extensions are
+/// negotiated end to end), plus X-Forwarded-* and X-Client-Id.
+fn upstream_headers(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    authority: &str,
+    admitted: &Admitted,
+) -> HeaderMap {
+    let src = req.headers();
+    // Headers the client named in Connection are hop-by-hop too.
+    let named: Vec<String> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let mut h = HeaderMap::with_capacity(src.len() + 6);
+    for (name, value) in src {
+        let n = name.as_str();
+        if NOT_FORWARDED.contains(&n) || named.iter().any(|t| t == n) {
+            continue;
+        }
+        if n == "x-forwarded-for" {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("backend")),
+    );
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let peer_ip = ctx.peer.ip().to_string();
+    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = src.get(header::HOST) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&admitted.client_id) {
+        h.insert(HeaderName::from_static("x-client-id"), v);
+    }
+    for (name, value) in &admitted.extra_headers {
+        h.insert(name.clone(), value.clone());
+    }
+    h
+}
+
+/// Phase 4: the 101 to the client, and the relay task that starts once
+/// hyper hands over the socket.
+fn respond_101(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    admitted: Admitted,
+    backend: Arc<Backend>,
+    up: upstream::Upgraded,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
+    let deflate = up
+        .extensions
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("permessage-deflate"));
+    if let Some(p) = up.protocol.clone() {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(e) = up.extensions.clone() {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
+    let shared = ctx.shared.clone();
+    let metrics = shared.metrics.clone();
+    metrics.connection(ConnResult::Upgraded);
+    metrics
+        .handshake_duration
+        .observe(started.elapsed().as_secs_f64());
+    backend.active.fetch_add(1, Ordering::Relaxed);
+    let gauge = metrics.active(&backend.name);
+    gauge.inc();
+    let on_upgrade = hyper::upgrade::on(req);
+    let guard = ctx.guard.clone();
+    let peer = ctx.peer;
+    let policy = snap.policy.clone();
+    let session = Session {
+        deflate,
+        token_expires: admitted.expires_at,
+        cancel: backend.cancel.clone(),
+        shutdown: shared.shutdown.clone(),
+    };
+    shared.tracker.spawn(async move {
+        let _guard = guard;
+        let report = match on_upgrade.await.map(|u| u.downcast::<TokioIo<Stream>>()) {
+            Ok(Ok(parts)) => {
+                let client = parts.io.into_inner();
+                Some(
+                    relay::relay(
+                        client,
+                        parts.read_buf,
+                        up.io,
+                        up.pre,
+                        policy,
+                        metrics.clone(),
+                        session,
+                    )
+                    .await,
+                )
+            }
+            _ => None,
+        };
+        backend.active.fetch_sub(1, Ordering::Relaxed);
+        gauge.dec();
+        finish(
+            &metrics,
+            peer,
+            &admitted.client_id,
+            &backend.name,
+            started,
+            report,
+        );
+    });
+    resp
+}
+
+/// Phase 6: duration metric and the access-log line.
+fn finish(
+    metrics: &crate::metrics::Metrics,
+    peer: SocketAddr,
+    client_id: &str,
+    backend: &str,
+    started: Instant,
+    report: Option<Report>,
+) {
+    let secs = started.elapsed().as_secs_f64();
+    metrics.connection_duration.observe(secs);
+    let Some(r) = report else {
+        tracing::warn!(%peer, backend, "client upgrade hand-off failed");
+        return;
+    };
+    tracing::info!(
+        target: "wsgate::access",
+        peer = %peer,
+        client_id,
+        backend,
+        duration_ms = (secs * 1000.0) as u64,
+        c2b_messages = r.client_to_backend.messages,
+        c2b_bytes = r.client_to_backend.bytes,
+        b2c_messages = r.backend_to_client.messages,
+        b2c_bytes = r.backend_to_client.bytes,
+        close_code = r.closed.code,
+        initiator = r.closed.initiator.label(),
+        reason = %r.closed.reason,
+        "connection closed"
+    );
+}
+
+/// The HTTP answer for a refused upgrade.
+pub fn reject_response(r: &Reject) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{r}\n"))));
+    *resp.status_mut() = r.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if r.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if matches!(r, Reject::UnsupportedVersion | Reject::UpgradeRequired) {
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if matches!(r, Reject::Unauthorized(_)) {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}

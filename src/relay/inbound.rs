@@ -1,0 +1,462 @@
+//! One direction's frame stream: parse frame headers, enforce RFC 6455 and
+//! the message limits, and compact what is to be forwarded in place.
+//!
+//! Payload bytes are forwarded exactly as they arrived (a client's frames
+//! keep the client's mask); they are only *read* when a feature needs them:
+//! UTF-8 or JSON validation, the gateway's own pongs, `app_ping`, close
+//! frames. This module never does I/O; the relay hands it a buffer.
+
+use crate::error::close_code;
+use crate::frame::{self, ClosePayload, Header, MAX_CONTROL_PAYLOAD, Utf8Validator, opcode};
+use crate::relay::limits::Bucket;
+
+/// Payload of the gateway's heartbeat pings: a pong carrying exactly this is
+/// the gateway's own and is consumed, never forwarded.
+pub const HEARTBEAT_PAYLOAD: &[u8] = b"wsgate-heartbeat";
+
+/// A framing or policy violation by the sending peer: the close code it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Violation {
+    fn protocol(reason: &'static str) -> Violation {
+        Violation {
+            code: close_code::PROTOCOL_ERROR,
+            reason,
+        }
+    }
+}
+
+/// What the direction needs to know about its sender and the policy.
+pub struct DirCtx<'a> {
+    /// Frames come from the client (so they must be masked).
+    pub from_client: bool,
+    pub max_message_bytes: u64,
+    pub validate_utf8: bool,
+    pub validate_json: bool,
+    /// permessage-deflate was negotiated: RSV1 may mark compressed messages.
+    pub deflate: bool,
+    /// `app_ping` text, only on the client direction.
+    pub app_ping: Option<&'a [u8]>,
+}
+
+/// What one call to [`Inbound::process`] saw.
+#[derive(Debug, Default)]
+pub struct Events {
+    pub messages: u64,
+    pub payload_bytes: u64,
+    /// A close frame passed through: its code (1005 for an empty one) and
+    /// reason bytes' location is not kept; the code is what metrics need.
+    pub close: Option<u16>,
+    /// A pong answering the gateway's own heartbeat ping was consumed.
+    pub heartbeat_pong: bool,
+    /// `app_ping` messages consumed (each owed an `app_pong`).
+    pub app_pings: u32,
+}
+
+/// A data message in progress (between its first and its final frame).
+#[derive(Debug, Clone, Copy)]
+struct Msg {
+    text: bool,
+    compressed: bool,
+    len: u64,
+}
+
+/// A text message held back until it is known to be valid JSON.
+#[derive(Debug, Default)]
+struct Held {
+    raw: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Parser state of one direction; lives as long as the connection.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    /// Bytes of an incomplete header or captured frame from the last read.
+    pub carry: Vec<u8>,
+    /// Payload bytes still to come of the frame being forwarded.
+    remaining: u64,
+    frame_mask: Option<[u8; 4]>,
+    frame_off: u64,
+    /// The current data frame ends its message.
+    frame_fin: bool,
+    /// The current frame's payload still needs UTF-8 validation.
+    check_utf8: bool,
+    msg: Option<Msg>,
+    utf8: Utf8Validator,
+    held: Option<Box<Held>>,
+}
+
+enum Captured {
+    Forward,
+    Consume,
+}
+
+impl Inbound {
+    /// The forwarded stream stopped inside a frame: nothing may be injected
+    /// toward the receiver until it completes.
+    pub fn mid_frame(&self) -> bool {
+        self.remaining > 0 && self.held.is_none()
+    }
+
+    /// A data message is in progress, so a data frame may not be injected.
+    pub fn mid_message(&self) -> bool {
+        self.msg.is_some() && self.held.is_none()
+    }
+
+    /// Processes `buf` (the carry from the last call followed by new bytes),
+    /// compacting the bytes to forward into `buf[..w]` and returning `w`,
+    /// plus the violation that stopped it, if any. Bytes before a violation
+    /// are still forwarded: a message accepted is never lost. A held (JSON)
+    /// message that completes is appended to `spill` after `buf[..w]`, which
+    /// is then moved there too, so order is kept.
+    pub fn process(
+        &mut self,
+        buf: &mut [u8],
+        ctx: &DirCtx<'_>,
+        bucket: &mut Option<Bucket>,
+        now: tokio::time::Instant,
+        ev: &mut Events,
+        spill: &mut Vec<u8>,
+    ) -> (usize, Option<Violation>) {
+        let len = buf.len();
+        let (mut r, mut w) = (0usize, 0usize);
+        loop {
+            if self.remaining > 0 {
+                let k = self.remaining.min((len - r) as u64) as usize;
+                if k == 0 {
+                    break;
+                }
+                if self.check_utf8 && self.validate_payload(&buf[r..r + k]).is_err() {
+                    return (w, Some(invalid_utf8()));
+                }
+                if let Some(h) = self.held.as_mut() {
+                    h.raw.extend_from_slice(&buf[r..r + k]);
+                    let at = h.payload.len();
+                    h.payload.extend_from_slice(&buf[r..r + k]);
+                    if let Some(m) = self.frame_mask {
+                        frame::apply_mask(&mut h.payload[at..], m, self.frame_off);
+                    }
+                } else {
+                    buf.copy_within(r..r + k, w);
+                    w += k;
+                }
+                r += k;
+                self.frame_off += k as u64;
+                self.remaining -= k as u64;
+                if self.remaining > 0 {
+                    break;
+                }
+                if let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill) {
+                    return (w, Some(v));
+                }
+                continue;
+            }
+            if r == len {
+                break;
+            }
+            let h = match frame::parse_header(&buf[r..]) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    self.carry.extend_from_slice(&buf[r..]);
+                    break;
+                }
+                Err(e) => {
+                    return (
+                        w,
+                        Some(Violation::protocol(match e {
+                            frame::FrameError::ReservedOpcode => "reserved opcode",
+                            frame::FrameError::ControlTooLong => "control frame over 125 bytes",
+                            frame::FrameError::ControlFragmented => "fragmented control frame",
+                            frame::FrameError::LengthOverflow => "invalid payload length",
+                        })),
+                    );
+                }
+            };
+            if let Err(v) = self.check_header(&h, ctx) {
+                return (w, Some(v));
+            }
+            let avail = len - r;
+            if self.wants_capture(&h, ctx) {
+                let total = h.header_len + h.payload_len as usize;
+                if avail < total {
+                    self.carry.extend_from_slice(&buf[r..]);
+                    break;
+                }
+                match self.inspect(&buf[r..r + total], &h, ctx, bucket, now, ev) {
+                    Ok(Captured::Forward) => {
+                        buf.copy_within(r..r + total, w);
+                        w += total;
+                    }
+                    Ok(Captured::Consume) => {}
+                    Err(v) => return (w, Some(v)),
+                }
+                r += total;
+                continue;
+            }
+            // A data frame, forwarded as it streams in.
+            if let Err(v) = self.start_data_frame(&h, ctx, bucket, now) {
+                return (w, Some(v));
+            }
+            ev.payload_bytes += h.payload_len;
+            // Validate a whole frame before its header goes out, so a bad
+            // frame is never half-forwarded.
+            if self.check_utf8 && avail >= h.header_len + h.payload_len as usize {
+                let p = &buf[r + h.header_len..r + h.header_len + h.payload_len as usize];
+                if self.validate_payload(p).is_err() {
+                    return (w, Some(invalid_utf8()));
+                }
+                self.check_utf8 = false;
+            }
+            if let Some(held) = self.held.as_mut() {
+                held.raw.extend_from_slice(&buf[r..r + h.header_len]);
+            } else {
+                buf.copy_within(r..r + h.header_len, w);
+                w += h.header_len;
+            }
+            r += h.header_len;
+            if h.payload_len == 0 {
+                if let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill) {
+                    return (w, Some(v));
+                }
+            }
+        }
+        (w, None)
+    }
+
+    /// RFC 6455 section 5.2-5.4 rules that depend on the sender and on the
+    /// message in progress, and the size limit.
+    fn check_header(&self, h: &Header, ctx: &DirCtx<'_>) -> Result<(), Violation> {
+        if ctx.from_client && h.mask.is_none() {
+            return Err(Violation::protocol("client frame not masked"));
+        }
+        if !ctx.from_client && h.mask.is_some() {
+            return Err(Violation::protocol("server frame masked"));
+        }
+        if h.rsv & 0b011 != 0 {
+            return Err(Violation::protocol("reserved bits set"));
+        }
+        if h.rsv & 0b100 != 0 && !(ctx.deflate && matches!(h.opcode, opcode::TEXT | opcode::BINARY))
+        {
+            return Err(Violation::protocol(
+                "RSV1 set without a negotiated extension",
+            ));
+        }
+        match h.opcode {
+            opcode::CONTINUATION if self.msg.is_none() => {
+                Err(Violation::protocol("continuation frame without a message"))
+            }
+            opcode::TEXT | opcode::BINARY if self.msg.is_some() => Err(Violation::protocol(
+                "new message inside a fragmented message",
+            )),
+            opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
+                let so_far = self.msg.map_or(0, |m| m.len);
+                if so_far.saturating_add(h.payload_len) > ctx.max_message_bytes {
+                    Err(Violation {
+                        code: close_code::MESSAGE_TOO_BIG,
+                        reason: "message too big",
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Frames whose payload must be seen whole before deciding to forward:
+    /// control frames, and on the client side a text frame that may be the
+    /// `app_ping`.
+    fn wants_capture(&self, h: &Header, ctx: &DirCtx<'_>) -> bool {
+        if frame::opcode::is_control(h.opcode) {
+            return true;
+        }
+        match ctx.app_ping {
+            Some(p) => {
+                h.opcode == opcode::TEXT && h.fin && h.rsv == 0 && h.payload_len == p.len() as u64
+            }
+            None => false,
+        }
+    }
+
+    fn inspect(
+        &mut self,
+        frame_bytes: &[u8],
+        h: &Header,
+        ctx: &DirCtx<'_>,
+        bucket: &mut Option<Bucket>,
+        now: tokio::time::Instant,
+        ev: &mut Events,
+    ) -> Result<Captured, Violation> {
+        let n = h.payload_len as usize;
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        payload[..n].copy_from_slice(&frame_bytes[h.header_len..]);
+        if let Some(m) = h.mask {
+            frame::apply_mask(&mut payload[..n], m, 0);
+        }
+        let payload = &payload[..n];
+        match h.opcode {
+            opcode::PONG if payload == HEARTBEAT_PAYLOAD => {
+                ev.heartbeat_pong = true;
+                Ok(Captured::Consume)
+            }
+            opcode::PING | opcode::PONG => Ok(Captured::Forward),
+            opcode::CLOSE => match frame::parse_close(payload) {
+                ClosePayload::Empty => {
+                    ev.close = Some(close_code::NO_STATUS);
+                    Ok(Captured::Forward)
+                }
+                ClosePayload::Code(c) => {
+                    ev.close = Some(c);
+                    Ok(Captured::Forward)
+                }
+                ClosePayload::Invalid(code) => Err(Violation {
+                    code,
+                    reason: "invalid close frame",
+                }),
+            },
+            _ => {
+                // A whole single-frame text message the size of app_ping.
+                if ctx.app_ping == Some(payload) {
+                    ev.app_pings += 1;
+                    return Ok(Captured::Consume);
+                }
+                if bucket
+                    .as_mut()
+                    .is_some_and(|b| !b.take_message(n as u64, now))
+                {
+                    return Err(rate_limited());
+                }
+                if (ctx.validate_utf8 || ctx.validate_json) && std::str::from_utf8(payload).is_err()
+                {
+                    return Err(invalid_utf8());
+                }
+                if ctx.validate_json && !ctx.from_client_json_ok(payload) {
+                    return Err(invalid_json());
+                }
+                ev.messages += 1;
+                ev.payload_bytes += n as u64;
+                Ok(Captured::Forward)
+            }
+        }
+    }
+
+    fn start_data_frame(
+        &mut self,
+        h: &Header,
+        ctx: &DirCtx<'_>,
+        bucket: &mut Option<Bucket>,
+        now: tokio::time::Instant,
+    ) -> Result<(), Violation> {
+        if h.opcode != opcode::CONTINUATION {
+            let text = h.opcode == opcode::TEXT;
+            let compressed = h.rsv & 0b100 != 0;
+            if let Some(b) = bucket.as_mut() {
+                if !b.take_message(h.payload_len, now) {
+                    return Err(rate_limited());
+                }
+            }
+            self.msg = Some(Msg {
+                text,
+                compressed,
+                len: 0,
+            });
+            self.utf8 = Utf8Validator::default();
+            if text && !compressed && ctx.validate_json && ctx.from_client {
+                self.held = Some(Box::default());
+            }
+        } else if let Some(b) = bucket.as_mut() {
+            if !b.take_bytes(h.payload_len, now) {
+                return Err(rate_limited());
+            }
+        }
+        let msg = self.msg.as_mut().expect("checked by check_header");
+        msg.len += h.payload_len;
+        self.remaining = h.payload_len;
+        self.frame_mask = h.mask;
+        self.frame_off = 0;
+        self.frame_fin = h.fin;
+        // A held message is validated whole (as JSON) at its end.
+        self.check_utf8 = msg.text && !msg.compressed && ctx.validate_utf8 && self.held.is_none();
+        Ok(())
+    }
+
+    /// The current data frame's payload is complete.
+    fn end_frame(
+        &mut self,
+        ctx: &DirCtx<'_>,
+        ev: &mut Events,
+        buf: &mut [u8],
+        w: &mut usize,
+        spill: &mut Vec<u8>,
+    ) -> Result<(), Violation> {
+        self.check_utf8 = false;
+        if !self.frame_fin {
+            return Ok(());
+        }
+        let msg = self.msg.take().expect("a data frame belongs to a message");
+        if msg.text && !msg.compressed && ctx.validate_utf8 && self.held.is_none() {
+            self.utf8.finish().map_err(|_| invalid_utf8())?;
+        }
+        if let Some(held) = self.held.take() {
+            if !ctx.from_client_json_ok(&held.payload) {
+                return Err(invalid_json());
+            }
+            spill.extend_from_slice(&buf[..*w]);
+            *w = 0;
+            spill.extend_from_slice(&held.raw);
+        }
+        ev.messages += 1;
+        Ok(())
+    }
+
+    fn validate_payload(&mut self, masked: &[u8]) -> Result<(), ()> {
+        match self.frame_mask {
+            None => self.utf8.feed(masked),
+            Some(m) => {
+                // Unmask through a small stack buffer: the forwarded bytes
+                // keep the client's mask.
+                let mut tmp = [0u8; 512];
+                let mut off = self.frame_off;
+                for chunk in masked.chunks(tmp.len()) {
+                    let t = &mut tmp[..chunk.len()];
+                    t.copy_from_slice(chunk);
+                    frame::apply_mask(t, m, off);
+                    self.utf8.feed(t)?;
+                    off += chunk.len() as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl DirCtx<'_> {
+    fn from_client_json_ok(&self, payload: &[u8]) -> bool {
+        serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+    }
+}
+
+fn invalid_utf8() -> Violation {
+    Violation {
+        code: close_code::INVALID_PAYLOAD,
+        reason: "invalid UTF-8 in a text message",
+    }
+}
+
+fn invalid_json() -> Violation {
+    Violation {
+        code: close_code::INVALID_PAYLOAD,
+        reason: "text message is not valid JSON",
+    }
+}
+
+fn rate_limited() -> Violation {
+    Violation {
+        code: close_code::RATE_LIMITED,
+        reason: "rate limit exceeded",
+    }
+}
