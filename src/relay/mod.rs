@@ -526,6 +526,9 @@ where
             self.client.pongs_due += o.events.app_pings;
         }
         if let Some(v) = o.violation {
+            if v.code == close_code::RATE_LIMITED {
+                self.metrics.rate_limited.inc();
+            }
             self.fail(from, v.code, v.reason, false, now);
             return;
         }
