@@ -98,9 +98,11 @@ K8S_FILES=(deploy/kubernetes/configmap.yaml deploy/kubernetes/deployment.yaml
 "$VENV/bin/kubernetes-validate" --strict "${K8S_FILES[@]}"
 
 step "kubernetes: wsgate check -c on the ConfigMap's gateway.toml"
+# The most recently built of the usual places (a stale release build must not
+# judge a config written for newer code).
 WSGATE_BIN=""
 for b in target/release/wsgate target/debug/wsgate /usr/local/bin/wsgate; do
-    if [ -x "$b" ]; then WSGATE_BIN=$b; break; fi
+    if [ -x "$b" ] && { [ -z "$WSGATE_BIN" ] || [ "$b" -nt "$WSGATE_BIN" ]; }; then WSGATE_BIN=$b; fi
 done
 if [ -n "$WSGATE_BIN" ] && "$WSGATE_BIN" check -c "$WORK/gateway.toml"; then
     note "$WSGATE_BIN accepts it"

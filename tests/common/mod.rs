@@ -55,7 +55,10 @@ pub fn config_for(backends: &[SocketAddr], extra: &str) -> String {
     s.push_str(extra);
     s.push('\n');
     for (i, b) in backends.iter().enumerate() {
-        s.push_str(&format!("[[backends]]\nname = \"b{}\"\nurl = \"ws://{b}\"\n", i + 1));
+        s.push_str(&format!(
+            "[[backends]]\nname = \"b{}\"\nurl = \"ws://{b}\"\n",
+            i + 1
+        ));
     }
     s
 }
@@ -79,7 +82,11 @@ pub async fn echo_backend() -> (SocketAddr, SeenRef) {
 /// refuse with a status, ...).
 pub async fn backend_with<F>(callback: F) -> (SocketAddr, SeenRef)
 where
-    F: Fn(&Request, Response) -> Result<Response, tokio_tungstenite::tungstenite::handshake::server::ErrorResponse>
+    F: Fn(
+            &Request,
+            Response,
+        )
+            -> Result<Response, tokio_tungstenite::tungstenite::handshake::server::ErrorResponse>
         + Clone
         + Send
         + Sync
@@ -105,7 +112,9 @@ where
                         let headers = req
                             .headers()
                             .iter()
-                            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                            .map(|(k, v)| {
+                                (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                            })
                             .collect();
                         seen_req
                             .lock()
@@ -149,23 +158,31 @@ where
 
 /// Connects a tungstenite client (big messages allowed).
 pub async fn connect(url: &str) -> Client {
-    try_connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    try_connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
 }
 
 pub async fn try_connect(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
     let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_with_config(url, Some(cfg), false))
-        .await
-        .expect("connect timed out")
-        .map(|(ws, _)| ws)
+    tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_with_config(url, Some(cfg), false),
+    )
+    .await
+    .expect("connect timed out")
+    .map(|(ws, _)| ws)
 }
 
 /// Next data or close message, skipping pings/pongs, bounded.
 pub async fn next_msg(ws: &mut Client) -> Option<Message> {
     loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("no message in time") {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no message in time")
+        {
             Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
             Some(Ok(m)) => return Some(m),
             Some(Err(_)) | None => return None,
@@ -201,7 +218,10 @@ pub async fn raw_request(addr: SocketAddr, path: &str, extra_headers: &str) -> (
             break i + 4;
         }
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk)).await.expect("response timed out").unwrap();
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("response timed out")
+            .unwrap();
         assert!(n > 0, "connection closed before a response");
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -213,7 +233,13 @@ pub async fn raw_request(addr: SocketAddr, path: &str, extra_headers: &str) -> (
 
 impl Raw {
     /// Sends one frame; `mask` = Some for client frames.
-    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) {
         let f = encode_frame(fin, 0, opcode, payload, mask);
         self.tcp.write_all(&f).await.unwrap();
     }
@@ -233,7 +259,10 @@ impl Raw {
                 }
             }
             let mut chunk = [0u8; 65536];
-            let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await.expect("frame timed out").ok()?;
+            let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+                .await
+                .expect("frame timed out")
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -245,7 +274,11 @@ impl Raw {
     pub async fn read_close(&mut self) -> Option<(u16, String)> {
         while let Some((_, op, p)) = self.read_frame().await {
             if op == 0x8 {
-                let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                let code = if p.len() >= 2 {
+                    u16::from_be_bytes([p[0], p[1]])
+                } else {
+                    1005
+                };
                 let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).to_string();
                 return Some((code, reason));
             }
@@ -255,7 +288,13 @@ impl Raw {
 }
 
 /// Encodes a frame by hand (any bits, any mask), for hostile-input tests.
-pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub fn encode_frame(
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> Vec<u8> {
     let mut f = vec![(if fin { 0x80 } else { 0 }) | (rsv << 4) | opcode];
     let m = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
@@ -280,14 +319,26 @@ pub fn encode_frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option
 
 /// Plain HTTP/1.1 request; returns (status, headers, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let mut tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&out).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, head.to_string(), body.to_string())
 }
 
@@ -295,7 +346,11 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, S
 pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
     let (_, _, body) = http(admin, "GET", "/metrics").await;
     body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0.0)
 }
 
