@@ -16,8 +16,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::time::Instant;
 
 use crate::config::{AuthConfig, AuthMode, RejectWith, Source};
-use crate::error::Reject;
+use crate::error::{Reject, close_code};
 use crate::handshake;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What admission learned about the client.
 #[derive(Debug, Default, Clone)]
@@ -218,10 +219,13 @@ impl Auth {
                         .insert(HeaderName::from_static("x-forwarded-uri"), v);
                 }
             }
-            let resp = tokio::select! {
-                r = sender.send_request(fwd) => r.map_err(|e| format!("forward auth: {e}"))?,
-                _ = conn => return Err("forward auth closed the connection".to_string()),
-            };
+            // The connection may end right after the answer; drive it on its
+            // own so that race cannot turn a 200 into a failure.
+            tokio::spawn(conn);
+            let resp = sender
+                .send_request(fwd)
+                .await
+                .map_err(|e| format!("forward auth: {e}"))?;
             Ok::<_, String>(resp)
         };
         let resp = tokio::time::timeout(self.forward_timeout, call)
@@ -303,19 +307,83 @@ fn bearer(v: &str) -> &str {
 
 /// Extracts the token from a first message: the whole text, or its JSON
 /// field `token`.
-pub fn first_message_token(text: &str) -> &str {
+pub fn first_message_token(text: &str) -> String {
     let t = text.trim();
     if t.starts_with('{') {
         if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t) {
             if let Some(serde_json::Value::String(s)) = m.get("token") {
-                // Borrow from the input: find the token's text in it.
-                if let Some(i) = t.find(s.as_str()) {
-                    return &t[i..i + s.len()];
-                }
+                return s.clone();
             }
         }
     }
-    t
+    t.to_string()
+}
+
+/// Largest first message accepted as a token.
+const MAX_FIRST_MESSAGE: usize = 16 * 1024;
+
+/// Reads the client's first message (one masked text frame; pings before it
+/// are ignored) within `timeout`. Returns its text and any bytes read past
+/// it, or the close code to send: 4008 on silence, 4001 otherwise.
+pub async fn read_first_message<S: AsyncRead + Unpin>(
+    io: &mut S,
+    pre: Bytes,
+    timeout: Duration,
+) -> Result<(String, Bytes), u16> {
+    use crate::frame::{apply_mask, opcode, parse_header};
+    let mut buf = pre.to_vec();
+    let read = async {
+        loop {
+            while let Ok(Some(h)) = parse_header(&buf) {
+                let total = h.header_len + h.payload_len as usize;
+                if h.payload_len as usize > MAX_FIRST_MESSAGE || h.mask.is_none() {
+                    return Err(close_code::AUTH_FAILED);
+                }
+                if buf.len() < total {
+                    break;
+                }
+                let mut payload = buf[h.header_len..total].to_vec();
+                apply_mask(&mut payload, h.mask.expect("checked"), 0);
+                let rest = Bytes::copy_from_slice(&buf[total..]);
+                buf.drain(..total);
+                match h.opcode {
+                    opcode::PING | opcode::PONG => continue,
+                    opcode::TEXT if h.fin && h.rsv == 0 => {
+                        let text =
+                            String::from_utf8(payload).map_err(|_| close_code::AUTH_FAILED)?;
+                        return Ok((text, rest));
+                    }
+                    _ => return Err(close_code::AUTH_FAILED),
+                }
+            }
+            if parse_header(&buf).is_err() {
+                return Err(close_code::AUTH_FAILED);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = io
+                .read(&mut chunk)
+                .await
+                .map_err(|_| close_code::AUTH_FAILED)?;
+            if n == 0 {
+                return Err(close_code::AUTH_FAILED);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(close_code::AUTH_TIMEOUT))
+}
+
+/// Sends a close frame and ends the connection (bounded: the peer may be
+/// gone).
+pub async fn close_now<S: AsyncWrite + Unpin>(io: &mut S, code: u16, reason: &str) {
+    let f = crate::frame::ControlFrame::close(code, reason, None);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        io.write_all(f.as_bytes()).await?;
+        io.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -389,6 +457,7 @@ mod tests {
         assert_eq!(bearer("Bearer abc"), "abc");
         assert_eq!(bearer("abc"), "abc");
         assert_eq!(first_message_token(r#"{"token":"abc.def"}"#), "abc.def");
+        assert_eq!(first_message_token(r#"{"token":"a\u002fb"}"#), "a/b");
         assert_eq!(first_message_token("abc.def"), "abc.def");
     }
 }

@@ -108,10 +108,13 @@ async fn http_check(b: &Backend, path: &str) -> bool {
         .header(hyper::header::USER_AGENT, "wsgate-health")
         .body(Empty::new())
         .expect("valid request");
-    tokio::select! {
-        r = sender.send_request(req) => r.map(|r| r.status().is_success()).unwrap_or(false),
-        _ = conn => false,
-    }
+    // Driven on its own: it may end right after the answer.
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
 }
 
 /// A real WebSocket exchange: upgrade, ping -> pong, optional message, close.

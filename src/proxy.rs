@@ -21,7 +21,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::auth::Admitted;
+use crate::auth::{self, Admitted};
+use crate::error::close_code;
 use crate::error::{RETRY_AFTER_SECS, Reject};
 use crate::handshake::{self, accept_key};
 use crate::metrics::ConnResult;
@@ -67,6 +68,11 @@ async fn proxy(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let admitted = admit(req, ctx, snap).await?;
+    if admitted.refuse_with_close.is_some() || admitted.token_in_first_message {
+        // The gateway answers the upgrade itself; the rest happens on the
+        // upgraded socket (see `after_gateway_101`).
+        return Ok(gateway_101(req, ctx, snap, admitted, started));
+    }
     let candidates = pick_backends(snap, &admitted.client_id)?;
     let (backend, upgraded) = match dial(req, ctx, snap, &admitted, &candidates).await? {
         DialOutcome::Upgraded(b, u) => (b, u),
@@ -82,11 +88,7 @@ async fn proxy(
 
 /// Phase 1: the request is a valid upgrade, under the caps, from an allowed
 /// Origin, with valid credentials. Yields the client ID.
-async fn admit(
-    req: &Request<Incoming>,
-    ctx: &ConnCtx,
-    snap: &Snapshot,
-) -> Result<Admitted, Reject> {
+async fn admit<B>(req: &Request<B>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Admitted, Reject> {
     handshake::check_upgrade(req)?;
     if let Some(r) = &ctx.precheck {
         return Err(r.clone());
@@ -125,8 +127,8 @@ enum DialOutcome {
 }
 
 /// Phase 3: dial the candidates in order until one answers.
-async fn dial(
-    req: &Request<Incoming>,
+async fn dial<B>(
+    req: &Request<B>,
     ctx: &ConnCtx,
     snap: &Snapshot,
     admitted: &Admitted,
@@ -158,7 +160,7 @@ async fn dial(
 }
 
 /// The client's path and query, minus a stripped token.
-fn upstream_path(req: &Request<Incoming>, snap: &Snapshot, admitted: &Admitted) -> String {
+fn upstream_path<B>(req: &Request<B>, snap: &Snapshot, admitted: &Admitted) -> String {
     let path = req.uri().path();
     match (req.uri().query(), &admitted.strip_query) {
         (Some(q), Some(name)) => {
@@ -198,8 +200,8 @@ const NOT_FORWARDED: &[&str] = &[
 /// The upgrade request's headers for the backend: end-to-end headers as
 /// sent (including every Sec-WebSocket-* so subprotocols and extensions are
 /// negotiated end to end), plus X-Forwarded-* and X-Client-Id.
-fn upstream_headers(
-    req: &Request<Incoming>,
+fn upstream_headers<B>(
+    req: &Request<B>,
     ctx: &ConnCtx,
     authority: &str,
     admitted: &Admitted,
@@ -253,16 +255,11 @@ fn upstream_headers(
     h
 }
 
-/// Phase 4: the 101 to the client, and the relay task that starts once
-/// hyper hands over the socket.
-fn respond_101(
-    req: &mut Request<Incoming>,
-    ctx: &ConnCtx,
-    snap: &Arc<Snapshot>,
-    admitted: Admitted,
-    backend: Arc<Backend>,
-    up: upstream::Upgraded,
-    started: Instant,
+/// The 101 headers for the client: accept key, and what the backend chose.
+fn switching_protocols<B>(
+    req: &Request<B>,
+    protocol: Option<HeaderValue>,
+    extensions: Option<HeaderValue>,
 ) -> Response<Full<Bytes>> {
     let key = req
         .headers()
@@ -275,68 +272,207 @@ fn respond_101(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(e) = extensions {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
+    resp
+}
+
+/// Upgrades the client without a backend yet: for `reject_with = "close"`
+/// (close 4001 at once) and for a token in the first message (read it,
+/// verify it, then pick and dial). No subprotocol or extension is agreed,
+/// since no backend has answered.
+fn gateway_101(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    admitted: Admitted,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let resp = switching_protocols(req, None, None);
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    // The upstream request is built now, from the client's request head.
+    let mut head = Request::new(());
+    *head.uri_mut() = req.uri().clone();
+    *head.headers_mut() = req.headers().clone();
+    head.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    head.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
+    let shared = ctx.shared.clone();
+    let (snap, guard, peer, tls) = (snap.clone(), ctx.guard.clone(), ctx.peer, ctx.tls);
+    shared.clone().tracker.spawn(async move {
+        let Ok(Ok(parts)) = on_upgrade.await.map(|u| u.downcast::<TokioIo<Stream>>()) else {
+            return;
+        };
+        let mut client = parts.io.into_inner();
+        let ctx = ConnCtx {
+            shared,
+            peer,
+            tls,
+            precheck: None,
+            guard,
+        };
+        let metrics = ctx.shared.metrics.clone();
+        if let Some(why) = &admitted.refuse_with_close {
+            tracing::debug!(%peer, reason = %why, "authentication failed; closing with 4001");
+            metrics.connection(ConnResult::AuthRejected);
+            metrics.close(crate::error::Side::Gateway, close_code::AUTH_FAILED);
+            auth::close_now(
+                &mut client,
+                close_code::AUTH_FAILED,
+                "authentication failed",
+            )
+            .await;
+            return;
+        }
+        let timeout = snap.auth.first_message_timeout;
+        let (token, rest) =
+            match auth::read_first_message(&mut client, parts.read_buf, timeout).await {
+                Ok(x) => x,
+                Err(code) => {
+                    metrics.connection(ConnResult::AuthRejected);
+                    metrics.close(crate::error::Side::Gateway, code);
+                    let reason = if code == close_code::AUTH_TIMEOUT {
+                        "no token in time"
+                    } else {
+                        "authentication failed"
+                    };
+                    auth::close_now(&mut client, code, reason).await;
+                    return;
+                }
+            };
+        let mut admitted = match snap.auth.verify(auth::first_message_token(&token).as_str()) {
+            Ok(a) => a,
+            Err(why) => {
+                tracing::debug!(%peer, reason = %why, "first-message token refused");
+                metrics.connection(ConnResult::AuthRejected);
+                metrics.close(crate::error::Side::Gateway, close_code::AUTH_FAILED);
+                auth::close_now(
+                    &mut client,
+                    close_code::AUTH_FAILED,
+                    "authentication failed",
+                )
+                .await;
+                return;
+            }
+        };
+        if admitted.client_id.is_empty() {
+            admitted.client_id =
+                handshake::client_id(&head, &snap.config.routing.client_id, peer.ip());
+        }
+        let dialed = match pick_backends(&snap, &admitted.client_id) {
+            Ok(c) => dial(&head, &ctx, &snap, &admitted, &c).await,
+            Err(r) => Err(r),
+        };
+        let (backend, up) = match dialed {
+            Ok(DialOutcome::Upgraded(b, u)) => (b, u),
+            Ok(DialOutcome::Refused(_)) | Err(_) => {
+                metrics.connection(ConnResult::BackendError);
+                metrics.close(crate::error::Side::Gateway, close_code::BAD_GATEWAY);
+                auth::close_now(&mut client, close_code::BAD_GATEWAY, "no backend available").await;
+                return;
+            }
+        };
+        metrics.connection(ConnResult::Upgraded);
+        metrics
+            .handshake_duration
+            .observe(started.elapsed().as_secs_f64());
+        run_relay(
+            &ctx, &snap, admitted, backend, up, client, rest, false, started,
+        )
+        .await;
+    });
+    resp
+}
+
+/// Phase 4: the 101 to the client, and the relay task that starts once
+/// hyper hands over the socket.
+fn respond_101(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    admitted: Admitted,
+    backend: Arc<Backend>,
+    up: upstream::Upgraded,
+    started: Instant,
+) -> Response<Full<Bytes>> {
+    let resp = switching_protocols(req, up.protocol.clone(), up.extensions.clone());
     let deflate = up
         .extensions
         .as_ref()
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("permessage-deflate"));
-    if let Some(p) = up.protocol.clone() {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    if let Some(e) = up.extensions.clone() {
-        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
-    }
-    let shared = ctx.shared.clone();
-    let metrics = shared.metrics.clone();
+    let metrics = &ctx.shared.metrics;
     metrics.connection(ConnResult::Upgraded);
     metrics
         .handshake_duration
         .observe(started.elapsed().as_secs_f64());
+    let on_upgrade = hyper::upgrade::on(req);
+    let ctx = ConnCtx {
+        shared: ctx.shared.clone(),
+        peer: ctx.peer,
+        tls: ctx.tls,
+        precheck: None,
+        guard: ctx.guard.clone(),
+    };
+    let snap = snap.clone();
+    ctx.shared.clone().tracker.spawn(async move {
+        match on_upgrade.await.map(|u| u.downcast::<TokioIo<Stream>>()) {
+            Ok(Ok(parts)) => {
+                let client = parts.io.into_inner();
+                run_relay(&ctx, &snap, admitted, backend, up, client, parts.read_buf, deflate, started).await;
+            }
+            _ => tracing::warn!(peer = %ctx.peer, backend = %backend.name, "client upgrade hand-off failed"),
+        }
+    });
+    resp
+}
+
+/// Phase 5: relay until the connection ends, counted against its backend.
+#[allow(clippy::too_many_arguments)]
+async fn run_relay(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    admitted: Admitted,
+    backend: Arc<Backend>,
+    up: upstream::Upgraded,
+    client: Stream,
+    client_pre: Bytes,
+    deflate: bool,
+    started: Instant,
+) {
+    let metrics = ctx.shared.metrics.clone();
     backend.active.fetch_add(1, Ordering::Relaxed);
     let gauge = metrics.active(&backend.name);
     gauge.inc();
-    let on_upgrade = hyper::upgrade::on(req);
-    let guard = ctx.guard.clone();
-    let peer = ctx.peer;
-    let policy = snap.policy.clone();
     let session = Session {
         deflate,
         token_expires: admitted.expires_at,
         cancel: backend.cancel.clone(),
-        shutdown: shared.shutdown.clone(),
+        shutdown: ctx.shared.shutdown.clone(),
     };
-    shared.tracker.spawn(async move {
-        let _guard = guard;
-        let report = match on_upgrade.await.map(|u| u.downcast::<TokioIo<Stream>>()) {
-            Ok(Ok(parts)) => {
-                let client = parts.io.into_inner();
-                Some(
-                    relay::relay(
-                        client,
-                        parts.read_buf,
-                        up.io,
-                        up.pre,
-                        policy,
-                        metrics.clone(),
-                        session,
-                    )
-                    .await,
-                )
-            }
-            _ => None,
-        };
-        backend.active.fetch_sub(1, Ordering::Relaxed);
-        gauge.dec();
-        finish(
-            &metrics,
-            peer,
-            &admitted.client_id,
-            &backend.name,
-            started,
-            report,
-        );
-    });
-    resp
+    let report = relay::relay(
+        client,
+        client_pre,
+        up.io,
+        up.pre,
+        snap.policy.clone(),
+        metrics.clone(),
+        session,
+    )
+    .await;
+    backend.active.fetch_sub(1, Ordering::Relaxed);
+    gauge.dec();
+    finish(
+        &metrics,
+        ctx.peer,
+        &admitted.client_id,
+        &backend.name,
+        started,
+        report,
+    );
 }
 
 /// Phase 6: duration metric and the access-log line.
@@ -346,14 +482,10 @@ fn finish(
     client_id: &str,
     backend: &str,
     started: Instant,
-    report: Option<Report>,
+    r: Report,
 ) {
     let secs = started.elapsed().as_secs_f64();
     metrics.connection_duration.observe(secs);
-    let Some(r) = report else {
-        tracing::warn!(%peer, backend, "client upgrade hand-off failed");
-        return;
-    };
     tracing::info!(
         target: "wsgate::access",
         peer = %peer,

@@ -207,6 +207,9 @@ impl Inbound {
             if self.check_utf8 && avail >= h.header_len + h.payload_len as usize {
                 let p = &buf[r + h.header_len..r + h.header_len + h.payload_len as usize];
                 if self.validate_payload(p).is_err() {
+                    // Nothing of this frame went out: the receiver's stream
+                    // is still at a frame boundary, so it can get a close.
+                    self.remaining = 0;
                     return (w, Some(invalid_utf8()));
                 }
                 self.check_utf8 = false;
