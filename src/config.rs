@@ -732,12 +732,12 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
-        if self.server.max_request_head_bytes < 1024 {
+        if self.server.max_request_head_bytes < 8192 {
             return err(
                 "server",
                 "max_request_head_bytes",
                 None,
-                "must be at least 1024".into(),
+                "must be at least 8192 (hyper's smallest read buffer)".into(),
             );
         }
         let r = &self.routing;

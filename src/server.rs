@@ -467,8 +467,8 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
-        // hyper answers 431 when the head does not fit; it needs >= 8 KiB.
-        .max_buf_size(snap.config.server.max_request_head_bytes.max(8192))
+        // hyper answers 431 when the head does not fit (config keeps it >= 8 KiB).
+        .max_buf_size(snap.config.server.max_request_head_bytes)
         .keep_alive(true);
     let conn = builder
         .serve_connection(
