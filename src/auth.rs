@@ -122,10 +122,10 @@ impl Auth {
                 };
                 match result {
                     Ok(mut a) => {
-                        if let Some((Source::Query(name), _)) = &found {
-                            if self.strip_token {
-                                a.strip_query = Some(name.clone());
-                            }
+                        if let Some((Source::Query(name), _)) = &found
+                            && self.strip_token
+                        {
+                            a.strip_query = Some(name.clone());
                         }
                         Ok(a)
                     }
@@ -213,11 +213,11 @@ impl Auth {
                 header::HOST,
                 HeaderValue::from_str(authority).map_err(|e| e.to_string())?,
             );
-            if let Some(pq) = req.uri().path_and_query() {
-                if let Ok(v) = HeaderValue::from_str(pq.as_str()) {
-                    fwd.headers_mut()
-                        .insert(HeaderName::from_static("x-forwarded-uri"), v);
-                }
+            if let Some(pq) = req.uri().path_and_query()
+                && let Ok(v) = HeaderValue::from_str(pq.as_str())
+            {
+                fwd.headers_mut()
+                    .insert(HeaderName::from_static("x-forwarded-uri"), v);
             }
             // The connection may end right after the answer; drive it on its
             // own so that race cannot turn a 200 into a failure.
@@ -309,12 +309,11 @@ fn bearer(v: &str) -> &str {
 /// field `token`.
 pub fn first_message_token(text: &str) -> String {
     let t = text.trim();
-    if t.starts_with('{') {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t) {
-            if let Some(serde_json::Value::String(s)) = m.get("token") {
-                return s.clone();
-            }
-        }
+    if t.starts_with('{')
+        && let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(t)
+        && let Some(serde_json::Value::String(s)) = m.get("token")
+    {
+        return s.clone();
     }
     t.to_string()
 }

@@ -75,7 +75,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86400.0 {
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -741,7 +741,7 @@ impl Config {
             );
         }
         let r = &self.routing;
-        if r.client_id.iter().any(|s| *s == Source::FirstMessage) {
+        if r.client_id.contains(&Source::FirstMessage) {
             return err(
                 "routing",
                 "client_id",
@@ -893,7 +893,7 @@ impl Config {
                 "needs at least one source".into(),
             );
         }
-        if a.token_from.iter().any(|s| *s == Source::FirstMessage) && a.token_from.len() > 1 {
+        if a.token_from.contains(&Source::FirstMessage) && a.token_from.len() > 1 {
             return err(
                 "auth",
                 "token_from",
@@ -901,7 +901,7 @@ impl Config {
                 "\"first_message\" cannot be combined with other sources".into(),
             );
         }
-        if a.token_from.iter().any(|s| *s == Source::FirstMessage) && a.mode == AuthMode::Forward {
+        if a.token_from.contains(&Source::FirstMessage) && a.mode == AuthMode::Forward {
             return err(
                 "auth",
                 "token_from",

@@ -208,6 +208,11 @@ pub fn parse_close(payload: &[u8]) -> ClosePayload {
     }
 }
 
+/// Bytes that are not UTF-8 in a text message (RFC 6455 section 8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid UTF-8")]
+pub struct InvalidUtf8;
+
 /// Validates UTF-8 fed in pieces that may split a character (a text message
 /// across frames and reads), keeping at most 3 bytes between calls.
 #[derive(Debug, Default, Clone, Copy)]
@@ -218,9 +223,9 @@ pub struct Utf8Validator {
 
 impl Utf8Validator {
     /// Feeds the next unmasked bytes; `Err` at the first invalid sequence.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), ()> {
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), InvalidUtf8> {
         if self.carry_len > 0 {
-            let need = utf8_width(self.carry[0]).ok_or(())?;
+            let need = utf8_width(self.carry[0]).ok_or(InvalidUtf8)?;
             let have = self.carry_len as usize;
             let take = (need - have).min(data.len());
             self.carry[have..have + take].copy_from_slice(&data[..take]);
@@ -229,13 +234,13 @@ impl Utf8Validator {
             let cur = &self.carry[..self.carry_len as usize];
             match std::str::from_utf8(cur) {
                 Ok(_) => self.carry_len = 0,
-                Err(e) if e.error_len().is_some() => return Err(()),
+                Err(e) if e.error_len().is_some() => return Err(InvalidUtf8),
                 Err(_) => return Ok(()), // still incomplete, and data is used up
             }
         }
         match std::str::from_utf8(data) {
             Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_some() => Err(()),
+            Err(e) if e.error_len().is_some() => Err(InvalidUtf8),
             Err(e) => {
                 let rest = &data[e.valid_up_to()..];
                 self.carry[..rest.len()].copy_from_slice(rest);
@@ -246,10 +251,10 @@ impl Utf8Validator {
     }
 
     /// Whether the message ended on a character boundary.
-    pub fn finish(&mut self) -> Result<(), ()> {
+    pub fn finish(&mut self) -> Result<(), InvalidUtf8> {
         let ok = self.carry_len == 0;
         self.carry_len = 0;
-        if ok { Ok(()) } else { Err(()) }
+        if ok { Ok(()) } else { Err(InvalidUtf8) }
     }
 }
 

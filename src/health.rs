@@ -132,11 +132,11 @@ async fn ws_check(b: &Backend, cfg: &HealthConfig) -> bool {
     let Ok(mut req) = url.into_client_request() else {
         return false;
     };
-    if !cfg.ws_subprotocol.is_empty() {
-        if let Ok(v) = cfg.ws_subprotocol.parse() {
-            req.headers_mut()
-                .insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
+    if !cfg.ws_subprotocol.is_empty()
+        && let Ok(v) = cfg.ws_subprotocol.parse()
+    {
+        req.headers_mut()
+            .insert(hyper::header::SEC_WEBSOCKET_PROTOCOL, v);
     }
     let Ok((mut ws, _)) = tokio_tungstenite::client_async(req, io).await else {
         return false;

@@ -44,16 +44,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] Box<ConfigError>),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("server.tls: {0}")]
-    Tls(TlsError),
+    Tls(Box<TlsError>),
     #[error("backend {name}: {source}")]
-    BackendTls { name: String, source: TlsError },
+    BackendTls { name: String, source: Box<TlsError> },
     #[error("{0}")]
     Auth(#[from] AuthSetupError),
 }
@@ -96,7 +96,7 @@ impl Snapshot {
                     None => Arc::new(Backend::new(bc, root).map_err(|source| {
                         StartError::BackendTls {
                             name: bc.name.clone(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?),
                 };
@@ -108,7 +108,7 @@ impl Snapshot {
         );
         let tls = match &config.server.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                tls::server_config(t).map_err(StartError::Tls)?,
+                tls::server_config(t).map_err(|e| StartError::Tls(Box::new(e)))?,
             )),
             None => None,
         };

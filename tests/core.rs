@@ -1,3 +1,4 @@
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 //! The gateway core against real backends and clients: echo, big and many
 //! messages, fragmentation, subprotocols, extensions, headers, refusals,
 //! close codes both ways, and graceful shutdown.

@@ -221,10 +221,10 @@ impl Inbound {
                 w += h.header_len;
             }
             r += h.header_len;
-            if h.payload_len == 0 {
-                if let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill) {
-                    return (w, Some(v));
-                }
+            if h.payload_len == 0
+                && let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill)
+            {
+                return (w, Some(v));
             }
         }
         (w, None)
@@ -337,7 +337,7 @@ impl Inbound {
                 {
                     return Err(invalid_utf8());
                 }
-                if ctx.validate_json && !ctx.from_client_json_ok(payload) {
+                if ctx.validate_json && !ctx.json_ok(payload) {
                     return Err(invalid_json());
                 }
                 ev.messages += 1;
@@ -357,10 +357,10 @@ impl Inbound {
         if h.opcode != opcode::CONTINUATION {
             let text = h.opcode == opcode::TEXT;
             let compressed = h.rsv & 0b100 != 0;
-            if let Some(b) = bucket.as_mut() {
-                if !b.take_message(h.payload_len, now) {
-                    return Err(rate_limited());
-                }
+            if let Some(b) = bucket.as_mut()
+                && !b.take_message(h.payload_len, now)
+            {
+                return Err(rate_limited());
             }
             self.msg = Some(Msg {
                 text,
@@ -371,10 +371,10 @@ impl Inbound {
             if text && !compressed && ctx.validate_json && ctx.from_client {
                 self.held = Some(Box::default());
             }
-        } else if let Some(b) = bucket.as_mut() {
-            if !b.take_bytes(h.payload_len, now) {
-                return Err(rate_limited());
-            }
+        } else if let Some(b) = bucket.as_mut()
+            && !b.take_bytes(h.payload_len, now)
+        {
+            return Err(rate_limited());
         }
         let msg = self.msg.as_mut().expect("checked by check_header");
         msg.len += h.payload_len;
@@ -405,7 +405,7 @@ impl Inbound {
             self.utf8.finish().map_err(|_| invalid_utf8())?;
         }
         if let Some(held) = self.held.take() {
-            if !ctx.from_client_json_ok(&held.payload) {
+            if !ctx.json_ok(&held.payload) {
                 return Err(invalid_json());
             }
             spill.extend_from_slice(&buf[..*w]);
@@ -416,7 +416,7 @@ impl Inbound {
         Ok(())
     }
 
-    fn validate_payload(&mut self, masked: &[u8]) -> Result<(), ()> {
+    fn validate_payload(&mut self, masked: &[u8]) -> Result<(), frame::InvalidUtf8> {
         match self.frame_mask {
             None => self.utf8.feed(masked),
             Some(m) => {
@@ -438,7 +438,7 @@ impl Inbound {
 }
 
 impl DirCtx<'_> {
-    fn from_client_json_ok(&self, payload: &[u8]) -> bool {
+    fn json_ok(&self, payload: &[u8]) -> bool {
         serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
     }
 }

@@ -68,6 +68,9 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
+/// `(app_ping, app_pong)` texts.
+pub type AppPing = (Box<[u8]>, Box<[u8]>);
+
 /// The relay's view of the configuration, built once per config snapshot and
 /// shared by its connections.
 #[derive(Debug)]
@@ -77,7 +80,8 @@ pub struct Policy {
     pub validate_json: bool,
     pub client_heartbeat: Option<Heartbeat>,
     pub backend_heartbeat: Option<Heartbeat>,
-    pub app_ping: Option<(Box<[u8]>, Box<[u8]>)>,
+    /// `app_ping` and the `app_pong` that answers it.
+    pub app_ping: Option<AppPing>,
     pub limits: crate::config::LimitsConfig,
     pub slow_consumer_timeout: Duration,
     pub read_chunk: usize,
