@@ -80,8 +80,13 @@ fn init_logs(format: LogFormat) {
 }
 
 fn announce(gw: &Gateway) {
+    let scheme = if gw.shared().snapshot.load().config.server.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     for a in gw.addrs() {
-        println!("wsgate listening on ws://{a}");
+        println!("wsgate listening on {scheme}://{a}");
     }
     for a in gw.admin_addrs() {
         println!("wsgate admin on http://{a}");
