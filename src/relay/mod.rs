@@ -54,6 +54,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A spill buffer bigger than this is freed once drained rather than kept,
 /// so a connection that once had a burst does not hold its memory forever.
 const SPILL_KEEP: usize = 4 * 1024;
+/// Rounds of flush-and-read per wake-up before yielding to other tasks.
+const MAX_ROUNDS_PER_POLL: usize = 32;
+/// "Never" for the one timer (a year away).
+const FAR: Duration = Duration::from_secs(86400 * 365);
 
 thread_local! {
     /// One read buffer per runtime worker thread, shared by all connections
@@ -176,6 +180,13 @@ struct Peer<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     fn new(io: S, side: Side, pre: Bytes, heartbeat: Option<Heartbeat>, now: Instant) -> Self {
+        // The read-ahead is a view into the handshake's read buffer (8 KiB
+        // or more); copy it out so that buffer is freed now.
+        let pre = if pre.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&pre)
+        };
         Peer {
             io,
             side,
@@ -380,7 +391,7 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let now = Instant::now();
-    let far = now + Duration::from_secs(86400 * 365);
+    let far = now + FAR;
     let mut r = Relay {
         client: Peer::new(
             client,
@@ -433,14 +444,15 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            let now = Instant::now();
-            if !self.cancel_seen && self.cancelled.as_mut().poll(cx).is_ready() {
-                self.cancel_seen = true;
-                self.on_cancel(now);
-            }
-            if self.timer.as_mut().poll(cx).is_ready() {
-                self.armed = now + Duration::from_secs(86400 * 365);
+        let mut now = Instant::now();
+        if !self.cancel_seen && self.cancelled.as_mut().poll(cx).is_ready() {
+            self.cancel_seen = true;
+            self.on_cancel(now);
+        }
+        let mut timer_due = self.timer.as_mut().poll(cx).is_ready();
+        for _ in 0..MAX_ROUNDS_PER_POLL {
+            if timer_due {
+                self.armed = now + FAR;
                 self.on_timer(now);
             }
             let mut progress = false;
@@ -460,13 +472,15 @@ where
             if self.close_deadline.is_some_and(|d| now >= d) {
                 return Poll::Ready(());
             }
-            if self.arm_timer(cx, now) {
-                progress = true;
-            }
-            if !progress {
+            timer_due = self.arm_timer(cx, now);
+            if !(progress || timer_due) {
                 return Poll::Pending;
             }
+            now = Instant::now();
         }
+        // Busy in both directions: let other connections on this worker run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Reads once from one side and forwards what it may to the other.
@@ -830,7 +844,11 @@ where
         let n = if !from.pre.is_empty() {
             let n = from.pre.len().min(read_chunk);
             scratch[HEADROOM..HEADROOM + n].copy_from_slice(&from.pre[..n]);
-            let _ = from.pre.split_to(n);
+            from.pre = if n == from.pre.len() {
+                Bytes::new()
+            } else {
+                from.pre.slice(n..)
+            };
             n
         } else {
             let mut rb = ReadBuf::new(&mut scratch[HEADROOM..HEADROOM + read_chunk]);
