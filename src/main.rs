@@ -95,6 +95,11 @@ fn announce(gw: &Gateway) {
 
 async fn demo_main() -> ExitCode {
     init_logs(LogFormat::Text);
+    // Signals are caught before anything is served, so an early SIGHUP or
+    // SIGTERM never kills the process with the default action.
+    let Some(signals) = Signals::install() else {
+        return ExitCode::FAILURE;
+    };
     let mut addrs = Vec::new();
     for name in ["demo-1", "demo-2"] {
         match demo::echo_backend(name).await {
@@ -127,7 +132,7 @@ async fn demo_main() -> ExitCode {
         gw.admin_addrs()[0],
         gw.admin_addrs()[0]
     );
-    wait_for_signals(gw, None).await
+    wait_for_signals(gw, None, signals).await
 }
 
 async fn run_main(path: &Path) -> ExitCode {
@@ -139,6 +144,9 @@ async fn run_main(path: &Path) -> ExitCode {
         }
     };
     init_logs(config.log.format);
+    let Some(signals) = Signals::install() else {
+        return ExitCode::FAILURE;
+    };
     let gw = match Gateway::bind(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -148,19 +156,38 @@ async fn run_main(path: &Path) -> ExitCode {
     };
     announce(&gw);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
-    wait_for_signals(gw, Some(path)).await
+    wait_for_signals(gw, Some(path), signals).await
+}
+
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(hup), Ok(term), Ok(int)) => Some(Signals { hup, term, int }),
+            _ => {
+                eprintln!("wsgate: cannot install signal handlers");
+                None
+            }
+        }
+    }
 }
 
 /// SIGHUP reloads `path`; SIGTERM or SIGINT shut down gracefully.
-async fn wait_for_signals(gw: Gateway, path: Option<&Path>) -> ExitCode {
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("wsgate: cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
+async fn wait_for_signals(gw: Gateway, path: Option<&Path>, signals: Signals) -> ExitCode {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     loop {
         tokio::select! {
             _ = hup.recv() => match path {
