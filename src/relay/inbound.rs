@@ -117,7 +117,7 @@ impl Inbound {
         &mut self,
         buf: &mut [u8],
         ctx: &DirCtx<'_>,
-        bucket: &mut Option<Bucket>,
+        bucket: &mut Option<Box<Bucket>>,
         now: tokio::time::Instant,
         ev: &mut Events,
         spill: &mut Vec<u8>,
@@ -290,7 +290,7 @@ impl Inbound {
         frame_bytes: &[u8],
         h: &Header,
         ctx: &DirCtx<'_>,
-        bucket: &mut Option<Bucket>,
+        bucket: &mut Option<Box<Bucket>>,
         now: tokio::time::Instant,
         ev: &mut Events,
     ) -> Result<Captured, Violation> {
@@ -351,7 +351,7 @@ impl Inbound {
         &mut self,
         h: &Header,
         ctx: &DirCtx<'_>,
-        bucket: &mut Option<Bucket>,
+        bucket: &mut Option<Box<Bucket>>,
         now: tokio::time::Instant,
     ) -> Result<(), Violation> {
         if h.opcode != opcode::CONTINUATION {

@@ -161,7 +161,6 @@ struct Peer<S> {
     mid_frame: bool,
     /// Since when bytes toward this peer have been waiting.
     blocked_since: Option<Instant>,
-    heartbeat: Option<Heartbeat>,
     last_rx: Instant,
     /// When the current heartbeat ping became due; cleared by life.
     ping_at: Option<Instant>,
@@ -179,7 +178,7 @@ struct Peer<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
-    fn new(io: S, side: Side, pre: Bytes, heartbeat: Option<Heartbeat>, now: Instant) -> Self {
+    fn new(io: S, side: Side, pre: Bytes, now: Instant) -> Self {
         // The read-ahead is a view into the handshake's read buffer (8 KiB
         // or more); copy it out so that buffer is freed now.
         let pre = if pre.is_empty() {
@@ -196,7 +195,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
             spill_pos: 0,
             mid_frame: false,
             blocked_since: None,
-            heartbeat,
             last_rx: now,
             ping_at: None,
             ping_unsent: false,
@@ -339,8 +337,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 
     /// Next heartbeat deadline toward this peer, if any.
-    fn heartbeat_deadline(&self) -> Option<Instant> {
-        let hb = self.heartbeat?;
+    fn heartbeat_deadline(&self, hb: Option<Heartbeat>) -> Option<Instant> {
+        let hb = hb?;
         if self.dead || self.close_sent || self.close_rcvd {
             return None;
         }
@@ -351,16 +349,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
     }
 }
 
-/// The relay of one connection. Built by [`relay`].
-struct Relay<C, B> {
+/// The relay of one connection: a plain struct polled by its owner (the
+/// connection task in `proxy`, or [`relay`]), so the task's future is this
+/// struct and little more: no nested `async fn` state machines, each of
+/// which would keep its own copies of the arguments.
+pub struct Relay<C, B> {
     client: Peer<C>,
     backend: Peer<B>,
     policy: Arc<Policy>,
     metrics: Arc<Metrics>,
-    c2b: DirectionCounters,
-    b2c: DirectionCounters,
     deflate: bool,
-    bucket: Option<Bucket>,
+    /// Boxed: most connections have no rate limit.
+    bucket: Option<Box<Bucket>>,
     timer: Pin<Box<Sleep>>,
     armed: Instant,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -390,51 +390,73 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let now = Instant::now();
-    let far = now + FAR;
-    let mut r = Relay {
-        client: Peer::new(
-            client,
-            Side::Client,
-            client_pre,
-            policy.client_heartbeat,
-            now,
-        ),
-        backend: Peer::new(
-            backend,
-            Side::Backend,
-            backend_pre,
-            policy.backend_heartbeat,
-            now,
-        ),
-        bucket: Bucket::new(&policy.limits, now),
-        c2b: metrics.client_to_backend.clone(),
-        b2c: metrics.backend_to_client.clone(),
+    let mut r = Relay::new(
+        client,
+        client_pre,
+        backend,
+        backend_pre,
         policy,
         metrics,
-        deflate: session.deflate,
-        timer: Box::pin(tokio::time::sleep_until(far)),
-        armed: far,
-        cancelled: Box::pin(session.cancel.cancelled_owned()),
-        cancel_seen: false,
-        shutdown: session.shutdown,
-        drain_at: None,
-        token_expires: session.token_expires,
-        discarding: false,
-        close_deadline: None,
-        outcome: None,
-    };
+        session,
+    );
     poll_fn(|cx| r.poll_relay(cx)).await;
-    let closed = r.outcome.take().unwrap_or(Closed {
-        initiator: Side::Gateway,
-        code: close_code::ABNORMAL,
-        reason: String::new(),
-    });
-    r.metrics.close(closed.initiator, closed.code);
-    Report {
-        closed,
-        client_to_backend: r.client.traffic,
-        backend_to_client: r.backend.traffic,
+    r.report()
+}
+
+impl<C, B> Relay<C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    pub fn new(
+        client: C,
+        client_pre: Bytes,
+        backend: B,
+        backend_pre: Bytes,
+        policy: Arc<Policy>,
+        metrics: Arc<Metrics>,
+        session: Session,
+    ) -> Self {
+        let now = Instant::now();
+        let far = now + FAR;
+        Relay {
+            client: Peer::new(client, Side::Client, client_pre, now),
+            backend: Peer::new(backend, Side::Backend, backend_pre, now),
+            bucket: Bucket::new(&policy.limits, now).map(Box::new),
+            policy,
+            metrics,
+            deflate: session.deflate,
+            timer: Box::pin(tokio::time::sleep_until(far)),
+            armed: far,
+            cancelled: Box::pin(session.cancel.cancelled_owned()),
+            cancel_seen: false,
+            shutdown: session.shutdown,
+            drain_at: None,
+            token_expires: session.token_expires,
+            discarding: false,
+            close_deadline: None,
+            outcome: None,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How the connection ended; counts the close. Call once, after
+    /// [`Relay::poll_relay`] returned `Ready`.
+    pub fn report(&mut self) -> Report {
+        let closed = self.outcome.take().unwrap_or(Closed {
+            initiator: Side::Gateway,
+            code: close_code::ABNORMAL,
+            reason: String::new(),
+        });
+        self.metrics.close(closed.initiator, closed.code);
+        Report {
+            closed,
+            client_to_backend: self.client.traffic,
+            backend_to_client: self.backend.traffic,
+        }
     }
 }
 
@@ -443,7 +465,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Moves bytes until the connection ends (`Ready`).
+    pub fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut now = Instant::now();
         if !self.cancel_seen && self.cancelled.as_mut().poll(cx).is_ready() {
             self.cancel_seen = true;
@@ -501,7 +524,7 @@ where
                 &mut self.bucket,
                 self.policy.read_chunk,
                 self.discarding,
-                &self.c2b,
+                &self.metrics.client_to_backend,
                 now,
             )
             .map(|o| self.on_pumped(Side::Client, o, now)),
@@ -520,7 +543,7 @@ where
                 &mut None,
                 self.policy.read_chunk,
                 self.discarding,
-                &self.b2c,
+                &self.metrics.backend_to_client,
                 now,
             )
             .map(|o| self.on_pumped(Side::Backend, o, now)),
@@ -694,10 +717,14 @@ where
         }
         for side in [Side::Client, Side::Backend] {
             let (blocked, hb_state) = match side {
-                Side::Client => (self.client.blocked_since, self.client.heartbeat_deadline()),
+                Side::Client => (
+                    self.client.blocked_since,
+                    self.client.heartbeat_deadline(self.policy.client_heartbeat),
+                ),
                 _ => (
                     self.backend.blocked_since,
-                    self.backend.heartbeat_deadline(),
+                    self.backend
+                        .heartbeat_deadline(self.policy.backend_heartbeat),
                 ),
             };
             if blocked.is_some_and(|t| now >= t + self.policy.slow_consumer_timeout) {
@@ -783,8 +810,11 @@ where
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
         };
-        consider(self.client.heartbeat_deadline());
-        consider(self.backend.heartbeat_deadline());
+        consider(self.client.heartbeat_deadline(self.policy.client_heartbeat));
+        consider(
+            self.backend
+                .heartbeat_deadline(self.policy.backend_heartbeat),
+        );
         consider(self.close_deadline);
         consider(self.drain_at);
         consider(self.token_expires);
@@ -821,7 +851,7 @@ fn pump_dir<R, W>(
     from: &mut Peer<R>,
     to: &mut Peer<W>,
     ctx: &DirCtx<'_>,
-    bucket: &mut Option<Bucket>,
+    bucket: &mut Option<Box<Bucket>>,
     read_chunk: usize,
     discarding: bool,
     counters: &DirectionCounters,
