@@ -4,7 +4,7 @@
 #   bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
 #                    [--targets "direct nginx haproxy wsgate"] [--no-build] [--keep]
 #   bench/compare.sh scale [--quick] [--conns N] [--hold SECS]
-#                    [--client-interval 1s] [--backend-interval 1s]
+#                    [--client-interval 1s] [--backend-interval 30s]
 #
 # Everything runs on loopback (127.0.0.0/8); every process this script starts is
 # stopped by PID on exit. Results: bench/RESULTS.md (sections replaced in place) and
@@ -20,7 +20,7 @@ MODE=compare
 if [[ ${1:-} == scale ]]; then MODE=scale; shift; fi
 
 QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0
-SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=1s
+SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=30s
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -303,6 +303,36 @@ machine_info() {
   rv=$(rustc -V)
   printf '%s\t%s\n' cpu "$cpu" kernel "$kernel" nginx "$ngv" haproxy "$hav" wsgate "$wsv" \
     rustc "$rv" cores "$(nproc)" command "$CMDLINE"
+  [[ -z ${FOREIGN:-} ]] || printf 'foreign\t%s\n' "$FOREIGN"
+}
+
+# Busy CPU ticks of the whole machine (user nice system irq softirq steal).
+machine_busy_ticks() { awk '$1=="cpu" {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+
+# CPU ticks used by this script's processes: reaped children (bash `times`) plus the
+# live long-running ones (echo backends, proxies with their workers). The caller must
+# run `times >"$WORK/times"` first, in the main shell: a subshell has its own counters.
+our_ticks() {
+  local reaped live=0 p t
+  reaped=$(tail -1 "$WORK/times" | python3 -c '
+import re, sys
+tot = 0.0
+for m, s in re.findall(r"(\d+)m([\d.]+)s", sys.stdin.read()):
+    tot += int(m) * 60 + float(s)
+print(int(tot * 100))')
+  for p in "${ECHO_PIDS[@]}" $(for t in $ACTIVE; do pids_of "$t"; done); do
+    t=$(cpu_ticks "$p" 2>/dev/null) && live=$((live + t))
+  done
+  echo $((reaped + live))
+}
+
+# "x%": share of the machine's CPU used by other processes since machine_busy_ticks=$1
+# at SECONDS=$2. Large values mean the figures are disturbed.
+foreign_load() {
+  local busy ours
+  busy=$(( $(machine_busy_ticks) - $1 ))
+  ours=$(our_ticks)
+  python3 -c "print(f'{max(0, ($busy - $ours)) * 100 / (max(1, $SECONDS - $2) * 100 * $(nproc)):.0f}%')"
 }
 
 # ------------------------------------------------------------------ tests
@@ -342,6 +372,21 @@ run_round() { # round
   done
 }
 
+tcp_inuse() { awk '$1=="TCP:"{for(i=2;i<NF;i++) if($i=="inuse") print $(i+1)}' /proc/net/sockstat; }
+
+# Waits (up to 30 s) until the previous test's sockets are gone: the TCP socket count
+# has not dropped for 1.5 s. Kernel memory deltas are machine-wide.
+settle_sockets() {
+  local last cur stable=0 deadline=$((SECONDS + 30))
+  last=$(tcp_inuse)
+  while ((stable < 3 && SECONDS < deadline)); do
+    sleep 0.5
+    cur=$(tcp_inuse)
+    if ((cur < last)); then stable=0; else stable=$((stable + 1)); fi
+    last=$cur
+  done
+}
+
 # Idle connections through target $1 ($2 = count, $3 = hold seconds, $4 = test name).
 # Samples memory before, 2 s after READY, and records all of it.
 # shellcheck disable=SC2046
@@ -349,7 +394,7 @@ run_idle() {
   local t=$1 n=$2 hold=$3 name=${4:-idle} out=$WORK/idle-$1.out before during lp deadline
   local -a pids
   read -r -a pids <<<"$(pids_of "$t")"
-  sleep 1
+  settle_sockets
   before=$(mem_json "${pids[@]}")
   "$LOAD" --workers $LOAD_WORKERS idle $(urls_of "$t") $(pid_args "$t") --conns "$n" \
     --hold "${hold}s" >"$out" 2>>"$LOG_ERR" &
@@ -389,6 +434,8 @@ compare_main() {
     esac || log "$t left out of this run"
   done
   log "targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
+  local busy0 t0=$SECONDS
+  busy0=$(machine_busy_ticks)
   # Memory first, on fresh processes, so earlier traffic does not hide growth.
   for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD"; done
   local r
@@ -396,6 +443,9 @@ compare_main() {
     log "round $r/$ROUNDS"
     run_round $r
   done
+  times >"$WORK/times"
+  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
+  log "other processes used $FOREIGN of the machine's CPU during the measurements"
   machine_info >"$WORK/meta.tsv"
   cp "$RESULTS" "$BENCH_DIR/results/compare-last.jsonl"
   cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-last.meta.tsv"
@@ -422,7 +472,11 @@ scale_main() {
   start_echo
   start_wsgate "$CLIENT_INTERVAL" "$BACKEND_INTERVAL" || exit 1
   sanity wsgate || exit 1
+  settle_sockets
   local n=$SCALE_CONNS hold=$SCALE_HOLD out=$WORK/scale.out lp before during late
+  ACTIVE=wsgate
+  local busy0 t0=$SECONDS
+  busy0=$(machine_busy_ticks)
   sleep 1
   before=$(mem_json "$WSGATE_PID")
   log "scale: $n idle connections through wsgate, heartbeat client $CLIENT_INTERVAL backend $BACKEND_INTERVAL, hold ${hold}s"
@@ -460,8 +514,11 @@ scale_main() {
     "$(python3 -c "print(round($w1 - $w0, 3))")" "$hb0" "$hb1")
   record wsgate scale 1 "$res" "$extra"
   log "scale: $(tail -1 "$RESULTS" | cut -c1-400)"
+  times >"$WORK/times"
+  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
   machine_info >"$WORK/meta.tsv"
   cp "$RESULTS" "$BENCH_DIR/results/scale-last.jsonl"
+  cp "$WORK/meta.tsv" "$BENCH_DIR/results/scale-last.meta.tsv"
   python3 "$BENCH_DIR/report.py" scale "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
 }
 

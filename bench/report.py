@@ -72,6 +72,9 @@ def meta_block(meta):
         f"- {meta.get('nginx')}; {meta.get('haproxy')}; wsgate: {meta.get('wsgate')}; "
         f"{meta.get('rustc')}\n"
         f"- command: `{meta.get('command')}`\n"
+        + (f"- other processes used {meta['foreign']} of the machine's CPU during the "
+           "measurements (build jobs, other sessions): the more, the noisier the figures\n"
+           if meta.get("foreign") else "")
     )
 
 
@@ -91,11 +94,23 @@ def idle_metric(key):
         if key == "rss_total":
             return d["rss_kb"] / 1024
         if key == "kernel":
-            return ((d["sock_slab_kb"] - b["sock_slab_kb"]) * 1024
-                    + (d["sock_mem_pages"] - b["sock_mem_pages"]) * 4096) / n
+            return kernel_per_conn(b, d, n, 2 if rec["target"] == "direct" else 4)
         return None
 
     return f
+
+
+def kernel_per_conn(b, d, n, sockets_per_conn):
+    """Kernel memory per connection: the growth of socket slabs and TCP buffer pages
+    per new TCP socket, times the sockets one connection has (2 direct, 4 proxied).
+    Normalising by the socket count keeps sockets that other processes open or close
+    meanwhile from skewing the figure."""
+    dsock = d["tcp_inuse"] - b["tcp_inuse"]
+    grow = ((d["sock_slab_kb"] - b["sock_slab_kb"]) * 1024
+            + (d["sock_mem_pages"] - b["sock_mem_pages"]) * 4096)
+    if dsock < n:  # implausible: far fewer new sockets than connections
+        return None
+    return grow / dsock * sockets_per_conn
 
 
 def res(key):
@@ -179,7 +194,9 @@ def compare(results, meta, out_path):
             w = meds.get("wsgate")
             others = [meds[t] for t in ("nginx", "haproxy") if meds.get(t) is not None]
             best = (max(others) if better == "high" else min(others)) if others else None
-            r1 = f"{w / best:.2f}×" if w is not None and best else "—"
+            # A ratio of differences (the overhead rows) means nothing unless both
+            # are positive.
+            r1 = f"{w / best:.2f}×" if w is not None and best and (w > 0 and best > 0) else "—"
             d = meds.get("direct")
             r2 = f"{w / d:.2f}×" if w is not None and d and not proxies_only else "—"
             cells += [r1, r2]
@@ -255,8 +272,7 @@ def scale(results, meta, out_path):
     cpu_per_hb_us = cpu_s * 1e6 / (hb_rate * window) if hb_rate and window else None
     rss_per = (late["rss_kb"] - b["rss_kb"]) * 1024 / n if n else 0
     pss_per = (late["pss_kb"] - b["pss_kb"]) * 1024 / n if n else 0
-    kern_chain = ((late["sock_slab_kb"] - b["sock_slab_kb"]) * 1024
-                  + (late["sock_mem_pages"] - b["sock_mem_pages"]) * 4096) / n if n else 0
+    kern_chain = (kernel_per_conn(b, late, n, 4) or 0) if n else 0
     kern_gw = kern_chain / 2  # the gateway owns 2 of the chain's 4 sockets
     alive = r.get("alive_at_end")
     lost = r.get("lost_during_hold")

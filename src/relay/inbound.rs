@@ -206,7 +206,8 @@ impl Inbound {
             // frame is never half-forwarded.
             if self.check_utf8 && avail >= h.header_len + h.payload_len as usize {
                 let p = &buf[r + h.header_len..r + h.header_len + h.payload_len as usize];
-                if self.validate_payload(p).is_err() {
+                // A final frame must also end on a character boundary.
+                if self.validate_payload(p).is_err() || (h.fin && self.utf8.finish().is_err()) {
                     // Nothing of this frame went out: the receiver's stream
                     // is still at a frame boundary, so it can get a close.
                     self.remaining = 0;
