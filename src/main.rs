@@ -49,15 +49,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    // WSGATE_WORKERS pins the worker count (benchmarks compare equal thread counts).
-    if let Some(n) = std::env::var("WSGATE_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        rt.worker_threads(n);
-    }
-    let rt = rt.enable_all().build().expect("tokio runtime");
+    // Connections run on shard threads (see `Gateway::bind_sharded`); this
+    // runtime only serves signals, the admin listener and health checks.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
             Command::Demo => demo_main().await,
@@ -65,6 +62,14 @@ fn main() -> ExitCode {
             Command::Check { .. } => unreachable!("handled above"),
         }
     })
+}
+
+/// Shard threads: `WSGATE_WORKERS`, else one per core.
+fn workers() -> usize {
+    std::env::var("WSGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn init_logs(format: LogFormat) {
@@ -111,7 +116,7 @@ async fn demo_main() -> ExitCode {
         }
     }
     let config = wsgate::config::demo_config(&addrs);
-    let gw = match Gateway::bind(config).await {
+    let gw = match Gateway::bind_sharded(config, workers()).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("wsgate demo: {e}");
@@ -147,7 +152,7 @@ async fn run_main(path: &Path) -> ExitCode {
     let Some(signals) = Signals::install() else {
         return ExitCode::FAILURE;
     };
-    let gw = match Gateway::bind(config).await {
+    let gw = match Gateway::bind_sharded(config, workers()).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("wsgate: {e}");

@@ -209,6 +209,8 @@ pub struct Gateway {
     admin_addrs: Vec<SocketAddr>,
     accept_tasks: Vec<JoinHandle<()>>,
     admin_tasks: Vec<JoinHandle<()>>,
+    /// Ends the shard threads of [`Gateway::bind_sharded`] once drained.
+    shards_exit: CancellationToken,
 }
 
 impl Gateway {
@@ -271,7 +273,53 @@ impl Gateway {
             admin_addrs,
             accept_tasks,
             admin_tasks,
+            shards_exit: CancellationToken::new(),
         })
+    }
+
+    /// Binds and starts with `shards` accept loops, each on a single-threaded
+    /// runtime on its own thread with its own `SO_REUSEPORT` listener per
+    /// address. The kernel spreads new connections over the shards and a
+    /// connection then lives on one thread for good, as in nginx's worker
+    /// model: no work stealing and no cross-thread wake-ups on the relay's
+    /// hot path. Admin and health checks stay on the caller's runtime.
+    pub async fn bind_sharded(config: Config, shards: usize) -> Result<Gateway, StartError> {
+        let shards = shards.max(1);
+        let mut per_shard: Vec<Vec<tokio::net::TcpSocket>> =
+            (0..shards).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for &addr in &config.server.listen.0 {
+            let first = reuseport_socket(addr)?;
+            // With port 0 the first bind picks the port; the others share it.
+            let actual = first
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            addrs.push(actual);
+            per_shard[0].push(first);
+            for shard in per_shard.iter_mut().skip(1) {
+                shard.push(reuseport_socket(actual)?);
+            }
+        }
+        let mut admin = Vec::new();
+        for &addr in &config.admin.listen.0 {
+            admin.push(bind(addr)?);
+        }
+        let mut gw = Gateway::start(config, Vec::new(), admin)?;
+        gw.addrs = addrs;
+        for (i, sockets) in per_shard.into_iter().enumerate() {
+            let shared = gw.shared.clone();
+            let exit = gw.shards_exit.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("wsgate-shard-{i}"))
+                .spawn(move || run_shard(shared, sockets, exit));
+            if let Err(source) = spawned {
+                return Err(StartError::Bind {
+                    addr: gw.addrs[0],
+                    source,
+                });
+            }
+        }
+        Ok(gw)
     }
 
     /// Addresses of the WebSocket listeners.
@@ -331,7 +379,52 @@ impl Gateway {
         for t in &self.admin_tasks {
             t.abort();
         }
+        self.shards_exit.cancel();
     }
+}
+
+/// Backlog of every listener: a reconnect storm arrives all at once.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A bound (not yet listening) socket that other shards can bind too.
+fn reuseport_socket(addr: SocketAddr) -> Result<tokio::net::TcpSocket, StartError> {
+    let bind_err = |source| StartError::Bind { addr, source };
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(bind_err)?;
+    sock.set_reuseaddr(true).map_err(bind_err)?;
+    sock.set_reuseport(true).map_err(bind_err)?;
+    sock.bind(addr).map_err(bind_err)?;
+    Ok(sock)
+}
+
+/// One shard: its listeners' accept loops and every connection they accept,
+/// driven by a current-thread runtime until the gateway has drained.
+fn run_shard(shared: Arc<Shared>, sockets: Vec<tokio::net::TcpSocket>, exit: CancellationToken) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a shard runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for s in sockets {
+            // Listening registers the socket with this shard's reactor.
+            match s.listen(LISTEN_BACKLOG) {
+                Ok(l) => {
+                    tokio::spawn(accept_loop(shared.clone(), l));
+                }
+                Err(e) => tracing::error!(error = %e, "shard cannot listen"),
+            }
+        }
+        exit.cancelled().await;
+    });
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -344,7 +437,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     // A restarted gateway must not wait out TIME_WAIT on its own port.
     sock.set_reuseaddr(true).map_err(bind_err)?;
     sock.bind(addr).map_err(bind_err)?;
-    sock.listen(4096).map_err(bind_err)
+    sock.listen(LISTEN_BACKLOG).map_err(bind_err)
 }
 
 fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), StartError> {
@@ -405,7 +498,11 @@ fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), StartError> {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
