@@ -65,6 +65,28 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; HEADROOM + READ_CHUNK].into_boxed_slice());
 }
 
+/// A socket the relay moves bytes between.
+pub trait RelayIo: AsyncRead + AsyncWrite + Unpin {
+    /// A read returned less than it asked for, so the socket has nothing
+    /// more right now: mark it not readable without the `read` that would
+    /// only say EAGAIN (nginx does the same with EPOLLRDHUP). Sockets
+    /// without this shortcut just read again.
+    fn drained(&self) {}
+}
+
+impl RelayIo for crate::tls::Stream {
+    fn drained(&self) {
+        // Plain TCP only: a TLS session may hold decrypted bytes already.
+        if let tokio_util::either::Either::Left(tcp) = self {
+            let _ = tcp.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+    }
+}
+
+impl RelayIo for tokio::io::DuplexStream {}
+
 /// Heartbeat settings toward one peer.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
@@ -177,7 +199,7 @@ struct Peer<S> {
     traffic: Traffic,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
+impl<S: RelayIo> Peer<S> {
     fn new(io: S, side: Side, pre: Bytes, now: Instant) -> Self {
         // The read-ahead is a view into the handshake's read buffer (8 KiB
         // or more); copy it out so that buffer is freed now.
@@ -373,6 +395,11 @@ pub struct Relay<C, B> {
     discarding: bool,
     close_deadline: Option<Instant>,
     outcome: Option<Closed>,
+    /// Short reads may mark a socket drained (see [`RelayIo::drained`]).
+    /// Only on a current-thread runtime: its reactor cannot record new
+    /// readiness between our read and that mark, so no wake-up is lost;
+    /// on a multi-thread runtime another thread's reactor could.
+    trust_short_reads: bool,
 }
 
 /// Relays frames between an upgraded client and backend until the
@@ -387,8 +414,8 @@ pub async fn relay<C, B>(
     session: Session,
 ) -> Report
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: RelayIo,
+    B: RelayIo,
 {
     let mut r = Relay::new(
         client,
@@ -405,8 +432,8 @@ where
 
 impl<C, B> Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: RelayIo,
+    B: RelayIo,
 {
     pub fn new(
         client: C,
@@ -436,6 +463,8 @@ where
             discarding: false,
             close_deadline: None,
             outcome: None,
+            trust_short_reads: tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
     }
 
@@ -462,8 +491,8 @@ where
 
 impl<C, B> Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: RelayIo,
+    B: RelayIo,
 {
     /// Moves bytes until the connection ends (`Ready`).
     pub fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -524,6 +553,7 @@ where
                 &mut self.bucket,
                 self.policy.read_chunk,
                 self.discarding,
+                self.trust_short_reads,
                 &self.metrics.client_to_backend,
                 now,
             )
@@ -543,6 +573,7 @@ where
                 &mut None,
                 self.policy.read_chunk,
                 self.discarding,
+                self.trust_short_reads,
                 &self.metrics.backend_to_client,
                 now,
             )
@@ -854,12 +885,13 @@ fn pump_dir<R, W>(
     bucket: &mut Option<Box<Bucket>>,
     read_chunk: usize,
     discarding: bool,
+    trust_short_reads: bool,
     counters: &DirectionCounters,
     now: Instant,
 ) -> Option<Pumped>
 where
-    R: AsyncRead + AsyncWrite + Unpin,
-    W: AsyncRead + AsyncWrite + Unpin,
+    R: RelayIo,
+    W: RelayIo,
 {
     if from.dead || from.eof || from.close_rcvd {
         return None;
@@ -884,7 +916,13 @@ where
             let mut rb = ReadBuf::new(&mut scratch[HEADROOM..HEADROOM + read_chunk]);
             match Pin::new(&mut from.io).poll_read(cx, &mut rb) {
                 Poll::Pending => return None,
-                Poll::Ready(Ok(())) => rb.filled().len(),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if trust_short_reads && n > 0 && n < read_chunk {
+                        from.io.drained();
+                    }
+                    n
+                }
                 Poll::Ready(Err(e)) => {
                     log_io_error(from.side, &e);
                     0
