@@ -260,7 +260,7 @@ impl<S: RelayIo> Peer<S> {
 
     /// Moves spilled bytes, then the gateway's own frames when the stream is
     /// at a frame boundary, then half-closes after a close frame.
-    fn flush(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+    fn flush(&mut self, cx: &mut Context<'_>, now: Instant, fin_needed: bool) -> bool {
         let mut progress = false;
         if self.dead || self.shut {
             return false;
@@ -288,7 +288,7 @@ impl<S: RelayIo> Peer<S> {
         }
         self.blocked_since = None;
         if self.mid_frame || self.close_sent {
-            return self.finish_close(cx) || progress;
+            return self.finish_close(cx, fin_needed) || progress;
         }
         if let Some((code, reason)) = self.close_due.take() {
             let f = ControlFrame::close(code, reason, self.mask());
@@ -305,11 +305,19 @@ impl<S: RelayIo> Peer<S> {
         progress
     }
 
-    /// After a close frame went out and nothing is pending: FIN, so the peer
-    /// sees the end (RFC 6455 section 7.1.1: the server closes TCP first).
-    fn finish_close(&mut self, cx: &mut Context<'_>) -> bool {
+    /// After a close frame went out and nothing is pending. When the gateway
+    /// itself started the close (`fin_needed`) and the peer has not answered
+    /// yet, send FIN so it sees the end (RFC 6455 section 7.1.1: the server
+    /// closes TCP first). When the close is passed through, each peer answers
+    /// with its own close frame and the socket is simply closed when the
+    /// relay ends: no `shutdown` call per connection.
+    fn finish_close(&mut self, cx: &mut Context<'_>, fin_needed: bool) -> bool {
         if !self.close_sent || self.shut || self.spill_pending() || self.mid_frame {
             return false;
+        }
+        if self.close_rcvd || !fin_needed {
+            self.shut = true;
+            return true;
         }
         match Pin::new(&mut self.io).poll_shutdown(cx) {
             Poll::Ready(_) => {
@@ -508,14 +516,14 @@ where
                 self.on_timer(now);
             }
             let mut progress = false;
-            progress |= self.client.flush(cx, now);
+            progress |= self.client.flush(cx, now, self.discarding);
             if let Some((_, pong)) = self.policy.app_ping.as_ref() {
                 // app_pong is a data frame: never between another message's fragments.
                 if !self.backend.inbound.mid_message() {
                     progress |= self.client.flush_app_pong(cx, pong, now);
                 }
             }
-            progress |= self.backend.flush(cx, now);
+            progress |= self.backend.flush(cx, now, self.discarding);
             progress |= self.pump(cx, Side::Client, now);
             progress |= self.pump(cx, Side::Backend, now);
             if self.client.finished() && self.backend.finished() {
