@@ -314,17 +314,41 @@ impl Gateway {
         }
         let mut gw = Gateway::start(config, Vec::new(), admin)?;
         gw.addrs = addrs;
+        let mut listening = Vec::with_capacity(shards);
         for (i, sockets) in per_shard.into_iter().enumerate() {
             let shared = gw.shared.clone();
             let exit = gw.shards_exit.clone();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let spawned = std::thread::Builder::new()
                 .name(format!("wsgate-shard-{i}"))
-                .spawn(move || run_shard(shared, sockets, exit));
+                .spawn(move || run_shard(shared, sockets, exit, ready_tx));
             if let Err(source) = spawned {
                 return Err(StartError::Bind {
                     addr: gw.addrs[0],
                     source,
                 });
+            }
+            listening.push(ready_rx);
+        }
+        // Return (and let the caller announce the address) only once every
+        // shard listens, so the first client is never refused.
+        for ready in listening {
+            match ready.await {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    gw.shards_exit.cancel();
+                    return Err(StartError::Bind {
+                        addr: gw.addrs[0],
+                        source,
+                    });
+                }
+                Err(_) => {
+                    gw.shards_exit.cancel();
+                    return Err(StartError::Bind {
+                        addr: gw.addrs[0],
+                        source: std::io::Error::other("a shard thread failed to start"),
+                    });
+                }
             }
         }
         Ok(gw)
@@ -409,28 +433,40 @@ fn reuseport_socket(addr: SocketAddr) -> Result<tokio::net::TcpSocket, StartErro
 }
 
 /// One shard: its listeners' accept loops and every connection they accept,
-/// driven by a current-thread runtime until the gateway has drained.
-fn run_shard(shared: Arc<Shared>, sockets: Vec<tokio::net::TcpSocket>, exit: CancellationToken) {
+/// driven by a current-thread runtime until the gateway has drained. Says on
+/// `ready` when it listens (or why it cannot).
+fn run_shard(
+    shared: Arc<Shared>,
+    sockets: Vec<tokio::net::TcpSocket>,
+    exit: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start a shard runtime");
+            let _ = ready.send(Err(e));
             return;
         }
     };
     rt.block_on(async move {
+        let mut listeners = Vec::with_capacity(sockets.len());
         for s in sockets {
             // Listening registers the socket with this shard's reactor.
             match s.listen(LISTEN_BACKLOG) {
-                Ok(l) => {
-                    tokio::spawn(accept_loop(shared.clone(), l));
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
                 }
-                Err(e) => tracing::error!(error = %e, "shard cannot listen"),
             }
         }
+        for l in listeners {
+            tokio::spawn(accept_loop(shared.clone(), l));
+        }
+        let _ = ready.send(Ok(()));
         exit.cancelled().await;
     });
 }

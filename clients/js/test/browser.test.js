@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { Backend, DIRECT, Gateway, openPage, sleep, startBrowser, startStatic, until, waitFor } from './harness.js';
 
-let web, backend, gateway, deadGateway, browser, deadPort;
+let web, backend, gateway, deadGateway, browser, deadPort, restarted;
 const T = { timeout: 40000 };
 
 /** A port nothing listens on. */
@@ -35,6 +35,7 @@ after(async () => {
   await browser?.close();
   await gateway?.stop();
   await deadGateway?.stop();
+  await restarted?.stop();
   await backend?.kill();
   web?.server.close();
 });
@@ -211,4 +212,41 @@ test('two tabs share one connection; the other tab takes over when the leader cl
   const dup = await p2.evaluate(() => logs.s.messages.filter((m) => m === 'during-failover').length);
   assert.equal(dup, 1, 'sent once');
   await p2.close();
+});
+
+test('a chat session survives a gateway restart (SIGTERM, new process on the same port)', { ...T, skip: DIRECT && 'no gateway in direct mode' }, async () => {
+  const port = await freePort();
+  restarted = await new Gateway(backend.port, port).start();
+  const url = `${restarted.url}/t-restart`;
+  const page = await openPage(browser.context, web.origin);
+  await page.evaluate((url) => makeClient('g', url, { base: 100, cap: 400, maxRetries: 100, resetAfter: 1000, connectTimeout: 2000 }), url);
+  await until(page, () => clients.g.state === 'open', null, 'open');
+  await page.evaluate(() => clients.g.send('before'));
+  await until(page, () => logs.g.messages.includes('before'), null, 'echo before the restart');
+
+  const exit = await restarted.terminate();
+  assert.equal(exit, 0, 'graceful exit');
+  await until(page, () => logs.g.closes.length > 0, null, 'the close');
+  let log = await page.evaluate(() => logs.g);
+  assert.equal(log.closes[0].code, 1001, JSON.stringify(log.closes[0]));
+  assert.equal(log.closes[0].action, 'normal');
+  // Down: the message waits in the queue while attempts fail.
+  const queued = await page.evaluate(() => (clients.g.send('during'), clients.g.queued()));
+  assert.equal(queued, 1);
+  await until(page, () => logs.g.states.filter((s) => s.state === 'reconnecting').length >= 2, null, 'a failed attempt during the downtime');
+  assert.notEqual(await page.evaluate(() => clients.g.state), 'open');
+
+  await restarted.stop(); // the old process is gone; this only removes its config dir
+  restarted = await new Gateway(backend.port, port).start();
+  assert.equal(`${restarted.url}/t-restart`, url, 'the new gateway took over the same address');
+  await until(page, () => logs.g.opens === 2 && clients.g.state === 'open', null, 'the reconnect to the new gateway', 15000);
+  await until(page, () => logs.g.messages.includes('during'), null, 'the queued message');
+  await page.evaluate(() => clients.g.send('after'));
+  await until(page, () => logs.g.messages.includes('after'), null, 'echo after the restart');
+  log = await page.evaluate(() => ({ ...logs.g, queued: clients.g.queued() }));
+  assert.deepEqual(log.messages, ['before', 'during', 'after']);
+  assert.equal(log.queued, 0);
+  assert.equal(log.errors.length, 0);
+  assert.equal(backend.conns('/t-restart').length, 2);
+  await page.close();
 });

@@ -111,14 +111,16 @@ export function gatewayBinary() {
 
 /** The real gateway in front of the backend, configured per SPEC. */
 export class Gateway {
-  constructor(backendPort) {
+  /** `port`: the client listener's port (0 = any; a fixed one lets a new process take over). */
+  constructor(backendPort, port = 0) {
     this.backendPort = backendPort;
+    this.port = port;
     this.dir = mkdtempSync(join(tmpdir(), 'wsgate-js-'));
   }
   async start() {
     const config = `
 [server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:${this.port}"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -145,6 +147,16 @@ url = "ws://127.0.0.1:${this.backendPort}"
   }
   pid() {
     return this.child.pid;
+  }
+  /** Graceful stop (SIGTERM: clients get 1001); resolves with the exit code once it is gone. */
+  async terminate(ms = 10000) {
+    const child = this.child;
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode;
+    const gone = new Promise((r) => child.once('exit', (code, sig) => r(code ?? sig)));
+    process.kill(child.pid, 'SIGTERM');
+    const res = await Promise.race([gone, sleep(ms).then(() => 'timeout')]);
+    if (res === 'timeout') throw new Error(`wsgate (pid ${child.pid}) did not exit within ${ms} ms of SIGTERM`);
+    return res;
   }
   async stop() {
     await stop(this.child);

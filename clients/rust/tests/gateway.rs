@@ -406,6 +406,67 @@ async fn state_stream_sequence() {
     assert_eq!(backend.log.handshakes.load(Ordering::SeqCst), 4);
 }
 
+/// A chat-like session survives a gateway restart on its own: SIGTERM (graceful,
+/// close 1001), then a new wsgate process on the same port. The client reconnects
+/// with backoff; a message sent during the downtime is queued and delivered, in
+/// order, between the ones sent before and after.
+#[tokio::test]
+async fn survives_a_gateway_restart() {
+    if std::env::var_os("WSGATE_CLIENT_DIRECT").is_some() {
+        return; // no gateway process to restart
+    }
+    let backend = Backend::start().await;
+    let port = free_port();
+    let mut gw = Gateway::start_on(port, &[("b1", backend.port)], "").await;
+    let url = gw.url("/chat");
+    let b = fast(&url).max_retries(None);
+    let mut states = b.state_changes();
+    let (client, mut incoming) = b.connect();
+    wait_open(&mut states).await;
+    client.send("before").unwrap();
+    assert_eq!(next_text(&mut incoming).await, "before");
+
+    let status = gw.terminate().await;
+    assert!(status.success(), "wsgate exited with {status}");
+    wait_state(&mut states, "Reconnecting", reconnecting).await;
+    assert!(
+        matches!(
+            client.last_disconnect(),
+            Some(Disconnect::Close { code: 1001, .. })
+        ),
+        "{:?}",
+        client.last_disconnect()
+    );
+    // Down: the message waits in the queue while attempts fail (connection refused).
+    client.send("during").unwrap();
+    wait_state(
+        &mut states,
+        "a failed attempt during the downtime",
+        |s| matches!(s, State::Reconnecting { attempt, .. } if *attempt >= 2),
+    )
+    .await;
+    assert_ne!(client.state(), State::Open);
+    assert_eq!(client.queued().messages, 1);
+
+    let gw2 = Gateway::start_on(port, &[("b1", backend.port)], "").await;
+    assert_eq!(
+        gw2.url("/chat"),
+        url,
+        "the new gateway took over the same address"
+    );
+    wait_open(&mut states).await;
+    assert_eq!(next_text(&mut incoming).await, "during");
+    client.send("after").unwrap();
+    assert_eq!(next_text(&mut incoming).await, "after");
+    assert_eq!(client.queued().messages, 0);
+    assert_eq!(
+        *backend.log.received.lock().unwrap(),
+        vec!["before", "during", "after"]
+    );
+    assert_eq!(backend.log.handshakes.load(Ordering::SeqCst), 2);
+    client.close().await;
+}
+
 /// Generates a CA and a leaf certificate for 127.0.0.1 with the openssl CLI; returns
 /// (ca.pem, cert.pem, key.pem).
 #[cfg(feature = "rustls-tls")]

@@ -214,6 +214,12 @@ impl Gateway {
     /// config (e.g. more `[heartbeat]` keys are not possible twice, so heartbeat is
     /// fixed here).
     pub async fn start(backends: &[(&str, u16)], extra: &str) -> Gateway {
+        Self::start_on(0, backends, extra).await
+    }
+
+    /// [`Gateway::start`] with the client listener on `port` (0 = any), so a new
+    /// process can take over the address of one that was stopped.
+    pub async fn start_on(port: u16, backends: &[(&str, u16)], extra: &str) -> Gateway {
         if std::env::var_os("WSGATE_CLIENT_DIRECT").is_some() {
             let a = format!("ws://127.0.0.1:{}", backends[0].1);
             return Gateway {
@@ -235,9 +241,9 @@ impl Gateway {
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cfg = String::from(
+        let mut cfg = format!(
             r#"[server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -247,9 +253,9 @@ http_path = ""
 ws_path = ""
 
 [heartbeat]
-app_ping = '{"type":"ping"}'
-app_pong = '{"type":"pong"}'
-"#,
+app_ping = '{{"type":"ping"}}'
+app_pong = '{{"type":"pong"}}'
+"#
         );
         cfg.push_str(extra);
         for (name, port) in backends {
@@ -317,6 +323,17 @@ app_pong = '{"type":"pong"}'
             .status()
             .unwrap();
         assert!(st.success());
+    }
+
+    /// Stops the gateway gracefully (SIGTERM: clients get 1001) and waits, bounded,
+    /// for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let child = self.child.as_mut().expect("gateway running");
+        timeout(WAIT, child.wait())
+            .await
+            .expect("wsgate did not exit in time after SIGTERM")
+            .unwrap()
     }
 
     /// Freezes the gateway (SIGSTOP).
