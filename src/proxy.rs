@@ -320,12 +320,11 @@ fn gateway_101(
         let metrics = ctx.shared.metrics.clone();
         if let Some(why) = &admitted.refuse_with_close {
             tracing::debug!(%peer, reason = %why, "authentication failed; closing with 4001");
-            metrics.connection(ConnResult::AuthRejected);
-            metrics.close(crate::error::Side::Gateway, close_code::AUTH_FAILED);
-            auth::close_now(
+            refuse_after_101(
+                &metrics,
                 &mut client,
+                ConnResult::AuthRejected,
                 close_code::AUTH_FAILED,
-                "authentication failed",
             )
             .await;
             return;
@@ -335,14 +334,7 @@ fn gateway_101(
             match auth::read_first_message(&mut client, parts.read_buf, timeout).await {
                 Ok(x) => x,
                 Err(code) => {
-                    metrics.connection(ConnResult::AuthRejected);
-                    metrics.close(crate::error::Side::Gateway, code);
-                    let reason = if code == close_code::AUTH_TIMEOUT {
-                        "no token in time"
-                    } else {
-                        "authentication failed"
-                    };
-                    auth::close_now(&mut client, code, reason).await;
+                    refuse_after_101(&metrics, &mut client, ConnResult::AuthRejected, code).await;
                     return;
                 }
             };
@@ -350,12 +342,11 @@ fn gateway_101(
             Ok(a) => a,
             Err(why) => {
                 tracing::debug!(%peer, reason = %why, "first-message token refused");
-                metrics.connection(ConnResult::AuthRejected);
-                metrics.close(crate::error::Side::Gateway, close_code::AUTH_FAILED);
-                auth::close_now(
+                refuse_after_101(
+                    &metrics,
                     &mut client,
+                    ConnResult::AuthRejected,
                     close_code::AUTH_FAILED,
-                    "authentication failed",
                 )
                 .await;
                 return;
@@ -372,9 +363,13 @@ fn gateway_101(
         let (backend, up) = match dialed {
             Ok(DialOutcome::Upgraded(b, u)) => (b, u),
             Ok(DialOutcome::Refused(_)) | Err(_) => {
-                metrics.connection(ConnResult::BackendError);
-                metrics.close(crate::error::Side::Gateway, close_code::BAD_GATEWAY);
-                auth::close_now(&mut client, close_code::BAD_GATEWAY, "no backend available").await;
+                refuse_after_101(
+                    &metrics,
+                    &mut client,
+                    ConnResult::BackendError,
+                    close_code::BAD_GATEWAY,
+                )
+                .await;
                 return;
             }
         };
@@ -387,6 +382,24 @@ fn gateway_101(
         );
     });
     resp
+}
+
+/// Ends a connection the gateway upgraded itself: counts the outcome and
+/// the close, and sends the close frame with the reason that goes with it.
+async fn refuse_after_101(
+    metrics: &crate::metrics::Metrics,
+    client: &mut Stream,
+    result: ConnResult,
+    code: u16,
+) {
+    let reason = match code {
+        close_code::AUTH_TIMEOUT => "no token in time",
+        close_code::BAD_GATEWAY => "no backend available",
+        _ => "authentication failed",
+    };
+    metrics.connection(result);
+    metrics.close(crate::error::Side::Gateway, code);
+    auth::close_now(client, code, reason).await;
 }
 
 /// Phase 4: the 101 to the client, and the relay task that starts once
