@@ -73,8 +73,6 @@ pub enum Reject {
     NoBackend,
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
-    #[error("backend answered the upgrade with HTTP {0}")]
-    BackendStatus(StatusCode),
 }
 
 /// Seconds a client is told to wait in `Retry-After` when the gateway is full
@@ -92,7 +90,6 @@ impl Reject {
             Reject::Overloaded | Reject::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Reject::PerIpLimit => StatusCode::TOO_MANY_REQUESTS,
             Reject::BackendUnreachable(_) => StatusCode::BAD_GATEWAY,
-            Reject::BackendStatus(s) => *s,
         }
     }
 
@@ -105,7 +102,7 @@ impl Reject {
             Reject::Unauthorized(_) => ConnResult::AuthRejected,
             Reject::Overloaded | Reject::PerIpLimit => ConnResult::Overloaded,
             Reject::NoBackend => ConnResult::NoBackend,
-            Reject::BackendUnreachable(_) | Reject::BackendStatus(_) => ConnResult::BackendError,
+            Reject::BackendUnreachable(_) => ConnResult::BackendError,
         }
     }
 

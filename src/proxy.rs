@@ -137,7 +137,7 @@ async fn dial<B>(
     admitted: &Admitted,
     candidates: &[Arc<Backend>],
 ) -> Result<DialOutcome, Reject> {
-    let path = upstream_path(req, snap, admitted);
+    let path = upstream_path(req, admitted);
     let health = &snap.config.health;
     let mut last_error = String::new();
     for backend in candidates {
@@ -163,7 +163,7 @@ async fn dial<B>(
 }
 
 /// The client's path and query, minus a stripped token.
-fn upstream_path<B>(req: &Request<B>, snap: &Snapshot, admitted: &Admitted) -> String {
+fn upstream_path<B>(req: &Request<B>, admitted: &Admitted) -> String {
     let path = req.uri().path();
     match (req.uri().query(), &admitted.strip_query) {
         (Some(q), Some(name)) => {
@@ -175,10 +175,7 @@ fn upstream_path<B>(req: &Request<B>, snap: &Snapshot, admitted: &Admitted) -> S
             }
         }
         (Some(q), None) => format!("{path}?{q}"),
-        (None, _) => {
-            let _ = snap;
-            path.to_string()
-        }
+        (None, _) => path.to_string(),
     }
 }
 

@@ -221,19 +221,6 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the listeners of `config` and starts.
-    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
-        let mut listeners = Vec::new();
-        for &addr in &config.server.listen.0 {
-            listeners.push(bind(addr)?);
-        }
-        let mut admin = Vec::new();
-        for &addr in &config.admin.listen.0 {
-            admin.push(bind(addr)?);
-        }
-        Gateway::start(config, listeners, admin)
-    }
-
     /// Starts on listeners the caller bound (tests bind port 0).
     pub fn start(
         config: Config,

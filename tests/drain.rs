@@ -9,28 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use futures_util::StreamExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use common::named::*;
-
-/// Waits for the gateway's close frame; returns its code and when it came.
-async fn close_code(c: &mut Client) -> (Option<u16>, Instant) {
-    let r = tokio::time::timeout(WAIT, async {
-        loop {
-            match c.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed instead of a close frame: {e}"),
-                None => return None,
-            }
-        }
-    })
-    .await
-    .expect("no close within WAIT");
-    (r, Instant::now())
-}
 
 /// `wsgate_closes_total` for one initiator and code, whatever the label order.
 async fn closes(admin: SocketAddr, initiator: &str, code: &str) -> f64 {

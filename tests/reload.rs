@@ -14,7 +14,6 @@ use common::*;
 use futures_util::StreamExt;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 use wsgate::Config;
 
 use common::named::*;
@@ -35,24 +34,6 @@ fn reload(g: &TestGateway, text: &str) {
     let c = Config::parse(text).unwrap_or_else(|e| panic!("reload config: {e}\n{text}"));
     g.gw.reload(c)
         .unwrap_or_else(|e| panic!("reload refused: {e}"));
-}
-
-/// Waits for the close frame the gateway sends; returns its code and when
-/// it came.
-async fn close_code(c: &mut Client) -> (Option<u16>, Instant) {
-    let r = tokio::time::timeout(WAIT, async {
-        loop {
-            match c.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("connection failed instead of a close frame: {e}"),
-                None => return None,
-            }
-        }
-    })
-    .await
-    .expect("no close within WAIT");
-    (r, Instant::now())
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Shared pieces of the wsgate benchmark harness: a minimal RFC 6455 frame codec,
+//! Shared pieces of the wsgate benchmark harness: frame encoding (parsing and masking
+//! are wsgate's own `frame` module),
 //! the opening handshake for both sides, `ws://` URL parsing, loopback source-address
 //! spreading and `/proc` sampling.
 //!
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -24,9 +24,6 @@ pub mod opcode {
     pub const PING: u8 = 0x9;
     pub const PONG: u8 = 0xA;
 }
-
-/// RFC 6455 section 1.3: the GUID appended to the key for `Sec-WebSocket-Accept`.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Largest request/response head we accept during the opening handshake.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -51,55 +48,25 @@ impl Header {
 }
 
 /// Parses a frame header from the start of `buf`. `Ok(None)` means "need more bytes".
+/// The parsing is wsgate's own (`wsgate::frame`); the harness only refuses what it
+/// never negotiates (RSV bits) and frames beyond its own size cap.
 pub fn parse_header(buf: &[u8]) -> io::Result<Option<Header>> {
-    if buf.len() < 2 {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let Some(h) = wsgate::frame::parse_header(buf).map_err(|e| invalid(e.to_string()))? else {
         return Ok(None);
-    }
-    let b0 = buf[0];
-    let b1 = buf[1];
-    if b0 & 0x70 != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "RSV bits set"));
-    }
-    let masked = b1 & 0x80 != 0;
-    let (len, mut pos) = match b1 & 0x7F {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        n => (n as u64, 2),
     };
-    if len > MAX_FRAME_PAYLOAD {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "frame too large",
-        ));
+    if h.rsv != 0 {
+        return Err(invalid("RSV bits set".into()));
     }
-    let mask = if masked {
-        if buf.len() < pos + 4 {
-            return Ok(None);
-        }
-        let m = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
-        pos += 4;
-        Some(m)
-    } else {
-        None
-    };
+    if h.payload_len > MAX_FRAME_PAYLOAD {
+        return Err(invalid("frame too large".into()));
+    }
     Ok(Some(Header {
-        fin: b0 & 0x80 != 0,
-        opcode: b0 & 0x0F,
-        mask,
-        header_len: pos,
-        payload_len: len as usize,
+        fin: h.fin,
+        opcode: h.opcode,
+        mask: h.mask,
+        header_len: h.header_len,
+        payload_len: h.payload_len as usize,
     }))
 }
 
@@ -123,19 +90,7 @@ pub fn put_header(out: &mut Vec<u8>, fin: bool, opcode: u8, len: usize, mask: Op
 
 /// XORs `data` with the 4-byte mask (RFC 6455 section 5.3), starting at mask offset 0.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let m64 = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let v = u64::from_ne_bytes(w) ^ m64;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
+    wsgate::frame::apply_mask(data, mask, 0);
 }
 
 /// A fresh client masking key. RFC 6455 asks for an unpredictable key per frame.
@@ -154,10 +109,8 @@ pub fn put_masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
 pub fn accept_key(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(key.trim().as_bytes());
-    h.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+    let v = wsgate::handshake::accept_key(key.trim().as_bytes());
+    v.to_str().expect("base64 is ASCII").to_string()
 }
 
 /// Position just past the `\r\n\r\n` ending an HTTP head, if present.

@@ -23,7 +23,7 @@ pub mod inbound;
 pub mod limits;
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -380,7 +380,7 @@ impl<S: RelayIo> Peer<S> {
 }
 
 /// The relay of one connection: a plain struct polled by its owner (the
-/// connection task in `proxy`, or [`relay`]), so the task's future is this
+/// connection task in `proxy`), so the task's future is this
 /// struct and little more: no nested `async fn` state machines, each of
 /// which would keep its own copies of the arguments.
 pub struct Relay<C, B> {
@@ -408,34 +408,6 @@ pub struct Relay<C, B> {
     /// readiness between our read and that mark, so no wake-up is lost;
     /// on a multi-thread runtime another thread's reactor could.
     trust_short_reads: bool,
-}
-
-/// Relays frames between an upgraded client and backend until the
-/// connection ends, and says how it ended.
-pub async fn relay<C, B>(
-    client: C,
-    client_pre: Bytes,
-    backend: B,
-    backend_pre: Bytes,
-    policy: Arc<Policy>,
-    metrics: Arc<Metrics>,
-    session: Session,
-) -> Report
-where
-    C: RelayIo,
-    B: RelayIo,
-{
-    let mut r = Relay::new(
-        client,
-        client_pre,
-        backend,
-        backend_pre,
-        policy,
-        metrics,
-        session,
-    );
-    poll_fn(|cx| r.poll_relay(cx)).await;
-    r.report()
 }
 
 impl<C, B> Relay<C, B>

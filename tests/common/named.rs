@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -238,4 +239,21 @@ pub async fn backend_entry(admin: SocketAddr, name: &str) -> serde_json::Value {
         .find(|b| b["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {v}"))
         .clone()
+}
+
+/// Waits for the gateway's close frame; returns its code and when it came.
+pub async fn close_code(c: &mut Client) -> (Option<u16>, Instant) {
+    let r = tokio::time::timeout(WAIT, async {
+        loop {
+            match c.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed instead of a close frame: {e}"),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("no close within WAIT");
+    (r, Instant::now())
 }
