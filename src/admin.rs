@@ -75,6 +75,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 fn backends_json(shared: &Shared) -> String {
     let snap = shared.snapshot.load();
+    let health = &snap.config.health;
     let list: Vec<_> = snap
         .backends
         .iter()
@@ -83,8 +84,8 @@ fn backends_json(shared: &Shared) -> String {
                 "name": b.name,
                 "url": b.url.raw,
                 "weight": b.weight.load(Ordering::Relaxed),
-                "up": b.routable(),
-                "checks": {"ws": b.check_label(Check::Ws), "http": b.check_label(Check::Http)},
+                "up": b.routable(health),
+                "checks": {"ws": b.check_label(health, Check::Ws), "http": b.check_label(health, Check::Http)},
                 "draining": b.draining.load(Ordering::Relaxed),
                 "active_connections": b.active.load(Ordering::Relaxed),
             })

@@ -5,7 +5,6 @@
 //! `timeout`. Results go to the backend's rise/fall state (`upstream`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +26,7 @@ use crate::upstream::{self, Backend};
 const PING_PAYLOAD: &[u8] = b"wsgate-health";
 
 /// Starts the checks of `backends` under `token` (cancelled on reload and
-/// shutdown). Sets which checks are on and the initial gauges.
+/// shutdown), and sets the gauges for the checks `cfg` turns on or off.
 pub fn spawn(
     backends: &[Arc<Backend>],
     cfg: &HealthConfig,
@@ -35,12 +34,10 @@ pub fn spawn(
     token: &CancellationToken,
 ) {
     for b in backends {
-        b.http_on
-            .store(!cfg.http_path.is_empty(), Ordering::Relaxed);
-        b.ws_on.store(!cfg.ws_path.is_empty(), Ordering::Relaxed);
-        *b.route_on.lock().unwrap_or_else(|p| p.into_inner()) = cfg.route_on;
         for c in [Check::Http, Check::Ws] {
-            metrics.backend_up(&b.name, c).set(b.check_up(c) as i64);
+            metrics
+                .backend_up(&b.name, c)
+                .set(b.check_up(cfg, c) as i64);
         }
         if cfg.http_path.is_empty() && cfg.ws_path.is_empty() {
             continue;

@@ -111,7 +111,7 @@ fn pick_backends(snap: &Snapshot, client_id: &str) -> Result<Vec<Arc<Backend>>, 
     let order = snap.ring.pick(
         client_id,
         1 + routing.connect_retries as usize,
-        |i| snap.backends[i].routable(),
+        |i| snap.backends[i].routable(&snap.config.health),
         |i| snap.backends[i].active.load(Ordering::Relaxed),
         routing.load_factor,
     );
@@ -138,7 +138,6 @@ async fn dial<B>(
     candidates: &[Arc<Backend>],
 ) -> Result<DialOutcome, Reject> {
     let path = upstream_path(req, admitted);
-    let health = &snap.config.health;
     let mut last_error = String::new();
     for backend in candidates {
         let headers = upstream_headers(req, ctx, &backend.url.authority(), admitted);
@@ -154,7 +153,7 @@ async fn dial<B>(
             Ok(Dialed::Refused(resp)) => return Ok(DialOutcome::Refused(resp)),
             Err(e) => {
                 tracing::warn!(backend = %backend.name, error = %e, "backend dial failed");
-                backend.passive_failure(health.rise, health.fall, &ctx.shared.metrics);
+                backend.passive_failure(&snap.config.health, &ctx.shared.metrics);
                 last_error = format!("{}: {e}", backend.name);
             }
         }

@@ -28,7 +28,7 @@ use crate::auth::{Auth, AuthSetupError};
 use crate::config::{Config, ConfigError};
 use crate::error::Reject;
 use crate::handshake::OriginPolicy;
-use crate::metrics::{Check, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy::{self, ConnCtx};
 use crate::relay::Policy;
 use crate::routing::Ring;
@@ -152,8 +152,12 @@ pub struct Shared {
 impl Shared {
     /// Whether `/readyz` is 200: accepting and at least one backend routable.
     pub fn ready(&self) -> bool {
+        let snap = self.snapshot.load();
         self.accepting.load(Ordering::Relaxed)
-            && self.snapshot.load().backends.iter().any(|b| b.routable())
+            && snap
+                .backends
+                .iter()
+                .any(|b| b.routable(&snap.config.health))
     }
 }
 
@@ -512,15 +516,6 @@ fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), StartError> {
             .any(|n| n.name == b.name)
         {
             shared.metrics.forget_backend(&b.name);
-        }
-    }
-    // Gauges of kept backends stay; new ones were set by health::spawn.
-    for b in shared.snapshot.load().backends.iter() {
-        for c in [Check::Http, Check::Ws] {
-            shared
-                .metrics
-                .backend_up(&b.name, c)
-                .set(b.check_up(c) as i64);
         }
     }
     tracing::info!("config reloaded");

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendConfig, BackendUrl, RouteOn};
+use crate::config::{BackendConfig, BackendUrl, HealthConfig, RouteOn};
 use crate::handshake::accept_key;
 use crate::metrics::{Check, Metrics};
 use crate::tls::{self, Stream};
@@ -85,10 +85,6 @@ pub struct Backend {
     pub weight: AtomicU32,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub health: Mutex<Health>,
-    /// Whether each check is enabled ("" path = off), set per snapshot.
-    pub http_on: AtomicBool,
-    pub ws_on: AtomicBool,
-    pub route_on: Mutex<RouteOn>,
     pub active: AtomicUsize,
     pub draining: AtomicBool,
     /// Ends every connection to this backend (drain, removal, shutdown).
@@ -109,9 +105,6 @@ impl Backend {
             weight: AtomicU32::new(config.weight),
             tls,
             health: Mutex::new(Health::default()),
-            http_on: AtomicBool::new(true),
-            ws_on: AtomicBool::new(true),
-            route_on: Mutex::new(RouteOn::Ws),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             cancel: root.child_token(),
@@ -130,22 +123,19 @@ impl Backend {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a check passes ("off" counts as passing).
-    pub fn check_up(&self, check: Check) -> bool {
+    /// Whether a check passes under `cfg` ("off" counts as passing).
+    pub fn check_up(&self, cfg: &HealthConfig, check: Check) -> bool {
         let h = self.health();
-        match check {
-            Check::Http => !self.http_on.load(Ordering::Relaxed) || h.http.up,
-            Check::Ws => !self.ws_on.load(Ordering::Relaxed) || h.ws.up,
-        }
+        !check_on(cfg, check)
+            || match check {
+                Check::Http => h.http.up,
+                Check::Ws => h.ws.up,
+            }
     }
 
     /// `"up"`, `"down"` or `"off"` for `/backends`.
-    pub fn check_label(&self, check: Check) -> &'static str {
-        let on = match check {
-            Check::Http => self.http_on.load(Ordering::Relaxed),
-            Check::Ws => self.ws_on.load(Ordering::Relaxed),
-        };
-        match (on, self.check_up(check)) {
+    pub fn check_label(&self, cfg: &HealthConfig, check: Check) -> &'static str {
+        match (check_on(cfg, check), self.check_up(cfg, check)) {
             (false, _) => "off",
             (true, true) => "up",
             (true, false) => "down",
@@ -154,15 +144,14 @@ impl Backend {
 
     /// Whether routing may use it: the checks of `route_on` pass and it is
     /// not draining.
-    pub fn routable(&self) -> bool {
+    pub fn routable(&self, cfg: &HealthConfig) -> bool {
         if self.draining.load(Ordering::Relaxed) {
             return false;
         }
-        let route_on = *self.route_on.lock().unwrap_or_else(|p| p.into_inner());
-        match route_on {
-            RouteOn::Ws => self.check_up(Check::Ws),
-            RouteOn::Http => self.check_up(Check::Http),
-            RouteOn::Both => self.check_up(Check::Ws) && self.check_up(Check::Http),
+        match cfg.route_on {
+            RouteOn::Ws => self.check_up(cfg, Check::Ws),
+            RouteOn::Http => self.check_up(cfg, Check::Http),
+            RouteOn::Both => self.check_up(cfg, Check::Ws) && self.check_up(cfg, Check::Http),
         }
     }
 
@@ -188,13 +177,23 @@ impl Backend {
     }
 
     /// A failed dial or upgrade counts toward `fall` for the WebSocket check
-    /// at once (and the HTTP one when routing depends on it).
-    pub fn passive_failure(&self, rise: u32, fall: u32, metrics: &Metrics) {
-        if self.ws_on.load(Ordering::Relaxed) {
-            self.record(Check::Ws, false, rise, fall, metrics);
-        } else if self.http_on.load(Ordering::Relaxed) {
-            self.record(Check::Http, false, rise, fall, metrics);
+    /// at once (for the HTTP one when only that check is on).
+    pub fn passive_failure(&self, cfg: &HealthConfig, metrics: &Metrics) {
+        for check in [Check::Ws, Check::Http] {
+            if check_on(cfg, check) {
+                self.record(check, false, cfg.rise, cfg.fall, metrics);
+                return;
+            }
         }
+    }
+}
+
+/// Whether `check` runs under `cfg` (an empty path turns it off). The
+/// snapshot's config is the one owner of this; backends keep only results.
+pub fn check_on(cfg: &HealthConfig, check: Check) -> bool {
+    match check {
+        Check::Http => !cfg.http_path.is_empty(),
+        Check::Ws => !cfg.ws_path.is_empty(),
     }
 }
 
