@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Check;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -79,15 +78,16 @@ fn backends_json(shared: &Shared) -> String {
     let list: Vec<_> = snap
         .backends
         .iter()
-        .map(|b| {
+        .zip(&snap.config.backends)
+        .map(|(b, bc)| {
             serde_json::json!({
                 "name": b.name,
                 "url": b.url.raw,
-                "weight": b.weight.load(Ordering::Relaxed),
+                "weight": bc.weight,
                 "up": b.routable(health),
                 "checks": {"ws": b.check_label(health, Check::Ws), "http": b.check_label(health, Check::Http)},
-                "draining": b.draining.load(Ordering::Relaxed),
-                "active_connections": b.active.load(Ordering::Relaxed),
+                "draining": b.is_draining(),
+                "active_connections": b.active(),
             })
         })
         .collect();
@@ -105,14 +105,13 @@ fn drain(shared: &Shared, name: &str) -> Response<Full<Bytes>> {
             format!("{{\"error\":\"no backend {name:?}\"}}"),
         );
     };
-    b.draining.store(true, Ordering::Relaxed);
-    b.cancel.cancel();
-    tracing::info!(backend = %b.name, connections = b.active.load(Ordering::Relaxed), "backend draining");
+    b.drain();
+    tracing::info!(backend = %b.name, connections = b.active(), "backend draining");
     text(
         StatusCode::OK,
         "application/json",
         serde_json::json!({"backend": b.name, "draining": true,
-            "active_connections": b.active.load(Ordering::Relaxed),
+            "active_connections": b.active(),
             "spread_seconds": snap.config.server.shutdown_grace.get().as_secs_f64()})
         .to_string(),
     )

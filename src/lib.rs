@@ -2,48 +2,60 @@
 //!
 //! # Layout
 //!
-//! The path of one connection, module by module:
+//! The path of one connection, module by module (each arrow a function
+//! call with a typed result, not a channel hop):
 //!
 //! ```text
-//! server (accept, caps, TLS) -> proxy (phases) -> handshake (RFC 6455, Origin, client ID)
-//!   -> auth (JWT / forward / first message) -> routing (hash ring) -> upstream (dial + upgrade)
-//!   -> relay (frames, heartbeats, limits, close codes) -> metrics + access log
+//! gateway::listeners (accept, caps)
+//!   -> conn::serve (TLS, HTTP/1.1) -> conn::handle
+//!        admit:   conn::handshake (RFC 6455) -> auth::origin -> auth (jwt | forward)
+//!                 -> request (client ID)
+//!        pick:    routing (hash ring) over backend::health
+//!        dial:    backend::dial (TCP, TLS, upgrade via backend::http1)
+//!        101:     conn::headers; or first: the gateway's own 101 -> auth::first_message -> pick, dial
+//!        relay:   conn::task::Connection -> relay (peer, inbound, timers, ending)
+//!        finish:  metrics + access log (conn::task)
+//! refusals:   conn::reject (before the 101) | relay::ending (after it)
 //! ```
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the TOML schema, defaults, durations, errors with key and line |
-//! | [`server`] | listeners, accept loop, connection caps, config snapshot, reload, shutdown |
-//! | [`proxy`] | the phases of one connection: admit, pick, dial, 101, relay, finish |
-//! | [`tls`] | rustls server and client configs; the socket type |
-//! | [`handshake`] | upgrade validation, Origin allow-list, client ID sources |
-//! | [`auth`] | JWT and forward auth, token sources |
+//! | [`gateway`] | the process: bind, shards, start, reload, shutdown |
+//! | [`state`] | what every task shares: config snapshot, caps, cancellation root, tracker |
+//! | [`conn`] | one client connection: its phases in order, refusals, the upgraded task |
+//! | [`relay`] | the per-connection frame pump (the hot path), and how a connection ends |
+//! | [`ws`] | RFC 6455 frames, masking, close codes, UTF-8 (pure) |
+//! | [`backend`] | backend state, health (rise/fall, checks), dialing, the HTTP client |
+//! | [`auth`] | Origin, JWT, forward auth, first-message tokens |
 //! | [`routing`] | the consistent-hash ring with bounded loads (pure) |
-//! | [`upstream`] | backend state and dialing |
-//! | [`health`] | active HTTP and WebSocket health checks |
-//! | [`relay`] | the per-connection frame pump (the hot path) |
-//! | [`frame`] | RFC 6455 frame headers, masking, UTF-8, control frames (pure) |
+//! | [`request`] | values from a request head: query, header, cookie, client ID (pure) |
+//! | [`config`] | the TOML schema, defaults, validation; errors with key and line |
+//! | [`side`] | client / backend / gateway: who a frame or a close belongs to |
 //! | [`admin`] | /metrics, /healthz, /readyz, /backends, drain |
-//! | [`metrics`] | the registry and typed metric handles |
-//! | [`error`] | sides, close codes, refusals and their HTTP statuses |
-//! | [`demo`] | the echo backends of `wsgate demo` |
+//! | [`metrics`] | the registry, typed metric handles, label enums |
+//! | [`tls`] | rustls server and client configs; the socket type |
+//! | [`demo`] | the echo backends and config of `wsgate demo` |
+//!
+//! Modules only import downward in this order (no cycles): `gateway` ->
+//! `admin`, `conn` -> `state` -> `relay`, `backend`, `auth` -> `routing`,
+//! `request`, `ws`, `config`, `metrics`, `side`, `tls`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod backend;
 pub mod config;
+pub mod conn;
 pub mod demo;
-pub mod error;
-pub mod frame;
-pub mod handshake;
-pub mod health;
+pub mod gateway;
 pub mod metrics;
-pub mod proxy;
 pub mod relay;
+pub mod request;
 pub mod routing;
-pub mod server;
+pub mod side;
+pub mod state;
 pub mod tls;
-pub mod upstream;
+pub mod ws;
 
 pub use config::Config;
-pub use server::Gateway;
+pub use gateway::Gateway;

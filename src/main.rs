@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    // Connections run on shard threads (see `Gateway::bind_sharded`); this
+    // Connections run on shard threads (see `Gateway::bind`); this
     // runtime only serves signals, the admin listener and health checks.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,14 +64,6 @@ fn main() -> ExitCode {
             Command::Check { .. } => unreachable!("handled above"),
         }
     })
-}
-
-/// Shard threads: `WSGATE_WORKERS`, else one per core.
-fn workers() -> usize {
-    std::env::var("WSGATE_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn init_logs(format: LogFormat) {
@@ -158,8 +150,8 @@ async fn demo_main() -> ExitCode {
             }
         }
     }
-    let config = wsgate::config::demo_config(&addrs);
-    let gw = match Gateway::bind_sharded(config, workers()).await {
+    let config = demo::config(&addrs);
+    let gw = match Gateway::bind(config, wsgate::gateway::default_shards()).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("wsgate demo: {e}");
@@ -196,7 +188,7 @@ async fn run_main(path: &Path) -> ExitCode {
     let Some(signals) = Signals::install() else {
         return ExitCode::FAILURE;
     };
-    let gw = match Gateway::bind_sharded(config, workers()).await {
+    let gw = match Gateway::bind(config, wsgate::gateway::default_shards()).await {
         Ok(g) => g,
         Err(e) => {
             eprintln!("wsgate: {e}");

@@ -2,16 +2,16 @@
 //! sites never spell a metric name or a label value.
 //!
 //! One `Metrics` per gateway instance (not a global), so tests that run
-//! several gateways in one process see their own counts. Label sets are
-//! bounded: backend names, fixed enums and close codes, never client IDs or
-//! paths.
+//! several gateways in one process see their own counts. Every label value
+//! comes from an enum here or in `side`, or from a backend name of the
+//! config; never from a client ID or a path.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::error::Side;
+use crate::side::{Initiator, Side};
 
 /// Why an upgrade request ended the way it did (`wsgate_connections_total{result}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +269,22 @@ impl Metrics {
         }
     }
 
+    /// Counters of the direction whose frames come from `from`.
+    pub fn direction(&self, from: Side) -> &DirectionCounters {
+        match from {
+            Side::Client => &self.client_to_backend,
+            Side::Backend => &self.backend_to_client,
+        }
+    }
+
+    /// Heartbeat handles toward `peer`.
+    pub fn heartbeat(&self, peer: Side) -> &HeartbeatHandles {
+        match peer {
+            Side::Client => &self.client_heartbeat,
+            Side::Backend => &self.backend_heartbeat,
+        }
+    }
+
     pub fn connection(&self, result: ConnResult) {
         self.connections_total
             .with_label_values(&[result.label()])
@@ -279,7 +295,7 @@ impl Metrics {
         self.connections_active.with_label_values(&[backend])
     }
 
-    pub fn close(&self, initiator: Side, code: u16) {
+    pub fn close(&self, initiator: Initiator, code: u16) {
         self.closes_total
             .with_label_values(&[initiator.label(), &code.to_string()])
             .inc();
@@ -347,7 +363,7 @@ mod tests {
         let m = Metrics::new();
         m.connection(ConnResult::Upgraded);
         m.client_to_backend.messages.inc_by(3);
-        m.close(Side::Client, 1000);
+        m.close(Initiator::Client, 1000);
         m.backend_up("b1", Check::Ws).set(1);
         m.reload(false);
         let text = m.render();

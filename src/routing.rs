@@ -237,4 +237,55 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert!(r.pick("x", 2, |_| false, |_| 0, 0.0).is_empty());
     }
+
+    /// Fixed vectors: every gateway version and replica must map these IDs
+    /// to these backends (the README promises replicas agree without
+    /// talking). Computed independently of this code (a Python port of the
+    /// hash and the ring walk); a change here moves users between backends.
+    #[test]
+    fn hash_vectors_are_stable() {
+        assert_eq!(hash(b""), 0xefd01f60ba992926);
+        assert_eq!(hash(b"alice"), 0x3507d047a67c08f4);
+        assert_eq!(hash(b"client-42"), 0xc45611be9bd9112b);
+        assert_eq!(hash(b"b1#0"), 0xeb08917d750c2ba6);
+    }
+
+    #[test]
+    fn pick_vectors_are_stable() {
+        let names = ["b1", "b2", "b3"];
+        let r = Ring::new([("b1", 1), ("b2", 1), ("b3", 2)], 160);
+        let vectors: &[(&str, [&str; 3])] = &[
+            ("alice", ["b1", "b2", "b3"]),
+            ("bob", ["b1", "b3", "b2"]),
+            ("carol", ["b3", "b2", "b1"]),
+            ("dave", ["b3", "b1", "b2"]),
+            ("erin", ["b1", "b3", "b2"]),
+            ("frank", ["b3", "b1", "b2"]),
+            ("grace", ["b1", "b3", "b2"]),
+            ("heidi", ["b3", "b2", "b1"]),
+            ("ivan", ["b2", "b1", "b3"]),
+            ("judy", ["b1", "b3", "b2"]),
+            ("client-1", ["b2", "b3", "b1"]),
+            ("client-2", ["b3", "b2", "b1"]),
+            ("client-3", ["b1", "b3", "b2"]),
+            ("10.0.0.7", ["b2", "b3", "b1"]),
+            ("user:42", ["b3", "b1", "b2"]),
+        ];
+        for (id, order) in vectors {
+            let got: Vec<&str> = r
+                .pick(id, 3, |_| true, |_| 0, 0.0)
+                .into_iter()
+                .map(|i| names[i])
+                .collect();
+            assert_eq!(got, order, "{id}");
+            // With b3 down, the same walk skips it.
+            let without: Vec<&str> = order.iter().copied().filter(|n| *n != "b3").collect();
+            let got: Vec<&str> = r
+                .pick(id, 3, |i| i != 2, |_| 0, 0.0)
+                .into_iter()
+                .map(|i| names[i])
+                .collect();
+            assert_eq!(got, without, "{id} with b3 down");
+        }
+    }
 }

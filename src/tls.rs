@@ -5,9 +5,9 @@
 //! Reads files; never touches a socket. A reload calls these again, so new
 //! certificates apply to new connections while live ones keep theirs.
 
-use std::io::BufReader;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
@@ -50,7 +50,7 @@ fn read(path: &str) -> Result<Vec<u8>, TlsError> {
 
 fn certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(&pem[..]))
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -69,13 +69,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn server_config(c: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certs(&c.cert)?;
     let key_pem = read(&c.key)?;
-    let key: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut BufReader::new(&key_pem[..]))
-            .ok()
-            .flatten()
-            .ok_or_else(|| TlsError::NoKey {
-                path: c.key.clone(),
-            })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::NoKey {
+        path: c.key.clone(),
+    })?;
     let mismatch = |source| TlsError::Mismatch {
         cert: c.cert.clone(),
         key: c.key.clone(),

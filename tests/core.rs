@@ -167,7 +167,7 @@ async fn permessage_deflate_negotiated_end_to_end() {
             .find(|l| l.to_lowercase().starts_with("sec-websocket-key:"))
             .map(|l| l[18..].trim().to_string())
             .unwrap_or(key);
-        let accept = wsgate::handshake::accept_key(key.as_bytes());
+        let accept = wsgate::conn::headers::accept_key(key.as_bytes());
         let resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",

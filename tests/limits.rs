@@ -338,14 +338,14 @@ async fn flood(raw: Raw, limit: u64) -> Flood {
     let mut chunk = vec![0u8; 65536];
     let mut close = None;
     'read: loop {
-        while let Ok(Some(h)) = wsgate::frame::parse_header(&buf) {
+        while let Ok(Some(h)) = wsgate::ws::frame::parse_header(&buf) {
             let total = h.header_len + h.payload_len as usize;
             if buf.len() < total {
                 break;
             }
             let mut p = buf[h.header_len..total].to_vec();
             if let Some(m) = h.mask {
-                wsgate::frame::apply_mask(&mut p, m, 0);
+                wsgate::ws::frame::apply_mask(&mut p, m, 0);
             }
             buf.drain(..total);
             if h.opcode == 0x8 && p.len() >= 2 {

@@ -7,13 +7,14 @@ use std::net::IpAddr;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Version};
 use proptest::prelude::*;
+use wsgate::auth::OriginPolicy;
 use wsgate::config::Source;
-use wsgate::frame::{
-    self, ClosePayload, ControlFrame, Header, MAX_CONTROL_PAYLOAD, Utf8Validator, parse_close,
-    parse_header,
-};
-use wsgate::handshake::{self, OriginPolicy};
+use wsgate::conn::handshake;
 use wsgate::relay::inbound::{DirCtx, Events, Inbound};
+use wsgate::request;
+use wsgate::ws::close::{ClosePayload, parse_close};
+use wsgate::ws::frame::{self, ControlFrame, Header, MAX_CONTROL_PAYLOAD, parse_header};
+use wsgate::ws::utf8::Utf8Validator;
 
 /// Encodes `h` in the same length form the parser saw (the parser accepts
 /// non-minimal lengths, so the form is read back from `header_len`).
@@ -201,7 +202,7 @@ proptest! {
             frame::apply_mask(&mut p, k, 0);
         }
         prop_assert!(reason.as_bytes().starts_with(&p[2..]));
-        let expect = if wsgate::error::close_code::valid_on_wire(code) {
+        let expect = if wsgate::ws::close::valid_on_wire(code) {
             ClosePayload::Code(code)
         } else {
             ClosePayload::Invalid(1002)
@@ -214,7 +215,7 @@ proptest! {
         match parse_close(&p) {
             ClosePayload::Empty => prop_assert!(p.is_empty()),
             ClosePayload::Code(c) => {
-                prop_assert!(wsgate::error::close_code::valid_on_wire(c));
+                prop_assert!(wsgate::ws::close::valid_on_wire(c));
                 prop_assert!(std::str::from_utf8(&p[2..]).is_ok());
             }
             ClosePayload::Invalid(c) => prop_assert!(c == 1002 || c == 1007),
@@ -459,19 +460,19 @@ proptest! {
             Source::Header("x-client-id".into()),
             Source::Cookie("client_id".into()),
         ];
-        let id = handshake::client_id(&req, &sources, ip);
+        let id = request::client_id(&req, &sources, ip);
         prop_assert!(!id.is_empty());
     }
 
     #[test]
     fn query_helpers_never_panic(query in any::<String>(), name in any::<String>()) {
-        let _ = handshake::query_param(&query, &name);
+        let _ = request::query_param(&query, &name);
         // (An empty name matches the empty pair of an empty query; config
         // names are never empty.)
         prop_assume!(!name.is_empty());
-        let stripped = handshake::strip_query_param(&query, &name);
+        let stripped = request::strip_query_param(&query, &name);
         // What is stripped is gone.
-        prop_assert_eq!(handshake::query_param(&stripped, &name), None);
+        prop_assert_eq!(request::query_param(&stripped, &name), None);
         prop_assert!(stripped.len() <= query.len());
     }
 
@@ -481,13 +482,13 @@ proptest! {
         name in "[a-z%+0-9]{1,4}",
     ) {
         let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let _ = handshake::query_param(&query, &name);
-        let stripped = handshake::strip_query_param(&query, &name);
-        prop_assert_eq!(handshake::query_param(&stripped, &name), None);
+        let _ = request::query_param(&query, &name);
+        let stripped = request::strip_query_param(&query, &name);
+        prop_assert_eq!(request::query_param(&stripped, &name), None);
         // Other parameters survive stripping.
         for (k, _) in &pairs {
-            if !k.is_empty() && *k != name && handshake::query_param(&query, k).is_some() {
-                prop_assert!(handshake::query_param(&stripped, k).is_some(), "{} lost from {}", k, query);
+            if !k.is_empty() && *k != name && request::query_param(&query, k).is_some() {
+                prop_assert!(request::query_param(&stripped, k).is_some(), "{} lost from {}", k, query);
             }
         }
     }
@@ -495,7 +496,7 @@ proptest! {
     #[test]
     fn accept_key_is_base64_of_20_bytes(key in prop::collection::vec(any::<u8>(), 0..64)) {
         use base64::Engine;
-        let v = handshake::accept_key(&key);
+        let v = wsgate::conn::headers::accept_key(&key);
         let raw = base64::engine::general_purpose::STANDARD.decode(v.as_bytes()).unwrap();
         prop_assert_eq!(raw.len(), 20);
     }

@@ -161,8 +161,11 @@ async fn missing_or_mismatched_key_is_a_clear_startup_error() {
     let p = pki();
     let other = pki();
     let start = |text: String| async move {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        wsgate::Gateway::start(Config::parse(&text).unwrap(), vec![l], vec![])
+        let mut config = Config::parse(&text).unwrap();
+        config.server.listen = common::loopback_port_0();
+        config.admin.listen = wsgate::config::Listen(Vec::new());
+        wsgate::Gateway::bind(config, common::SHARDS)
+            .await
             .err()
             .map(|e| e.to_string())
     };

@@ -48,11 +48,11 @@ impl Header {
 }
 
 /// Parses a frame header from the start of `buf`. `Ok(None)` means "need more bytes".
-/// The parsing is wsgate's own (`wsgate::frame`); the harness only refuses what it
+/// The parsing is wsgate's own (`wsgate::ws::frame`); the harness only refuses what it
 /// never negotiates (RSV bits) and frames beyond its own size cap.
 pub fn parse_header(buf: &[u8]) -> io::Result<Option<Header>> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-    let Some(h) = wsgate::frame::parse_header(buf).map_err(|e| invalid(e.to_string()))? else {
+    let Some(h) = wsgate::ws::frame::parse_header(buf).map_err(|e| invalid(e.to_string()))? else {
         return Ok(None);
     };
     if h.rsv != 0 {
@@ -90,7 +90,7 @@ pub fn put_header(out: &mut Vec<u8>, fin: bool, opcode: u8, len: usize, mask: Op
 
 /// XORs `data` with the 4-byte mask (RFC 6455 section 5.3), starting at mask offset 0.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    wsgate::frame::apply_mask(data, mask, 0);
+    wsgate::ws::frame::apply_mask(data, mask, 0);
 }
 
 /// A fresh client masking key. RFC 6455 asks for an unpredictable key per frame.
@@ -109,7 +109,7 @@ pub fn put_masked_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2).
 pub fn accept_key(key: &str) -> String {
-    let v = wsgate::handshake::accept_key(key.trim().as_bytes());
+    let v = wsgate::conn::headers::accept_key(key.trim().as_bytes());
     v.to_str().expect("base64 is ASCII").to_string()
 }
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsgate::frame::{self, ClosePayload, Utf8Validator, parse_close, parse_header};
+use wsgate::ws::frame::{self, ClosePayload, Utf8Validator, parse_close, parse_header};
 
 fuzz_target!(|data: &[u8]| {
     // parse_header: a parsed header lies within the input and every shorter
@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     // parse_close on anything.
     match parse_close(data) {
         ClosePayload::Empty => assert!(data.is_empty()),
-        ClosePayload::Code(c) => assert!(wsgate::error::close_code::valid_on_wire(c)),
+        ClosePayload::Code(c) => assert!(wsgate::ws::close::valid_on_wire(c)),
         ClosePayload::Invalid(c) => assert!(c == 1002 || c == 1007),
     }
 });

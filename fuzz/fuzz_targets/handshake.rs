@@ -9,7 +9,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Version};
 use libfuzzer_sys::fuzz_target;
 use wsgate::config::Source;
-use wsgate::handshake::{self, OriginPolicy};
+use wsgate::auth::OriginPolicy;
+use wsgate::conn::{handshake, headers};
+use wsgate::request;
 
 fuzz_target!(|data: &[u8]| {
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -76,12 +78,12 @@ fuzz_target!(|data: &[u8]| {
         Source::Query("token".into()),
         Source::Cookie("token".into()),
     ];
-    let id = handshake::client_id(&req, &sources, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let id = request::client_id(&req, &sources, IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert!(!id.is_empty());
-    let _ = handshake::find_value(&req, &sources);
+    let _ = request::find_value(&req, &sources);
     if let Some(q) = req.uri().query() {
-        let stripped = handshake::strip_query_param(q, "token");
-        assert_eq!(handshake::query_param(&stripped, "token"), None);
+        let stripped = request::strip_query_param(q, "token");
+        assert_eq!(request::query_param(&stripped, "token"), None);
     }
-    let _ = handshake::accept_key(data);
+    let _ = headers::accept_key(data);
 });

@@ -6,9 +6,10 @@
 //! UTF-8 or JSON validation, the gateway's own pongs, `app_ping`, close
 //! frames. This module never does I/O; the relay hands it a buffer.
 
-use crate::error::close_code;
-use crate::frame::{self, ClosePayload, Header, MAX_CONTROL_PAYLOAD, Utf8Validator, opcode};
-use crate::relay::limits::Bucket;
+use crate::relay::rate::Bucket;
+use crate::ws::close::{self, ClosePayload, code as close_code};
+use crate::ws::frame::{self, Header, MAX_CONTROL_PAYLOAD, opcode};
+use crate::ws::utf8::{InvalidUtf8, Utf8Validator};
 
 /// Payload of the gateway's heartbeat pings: a pong carrying exactly this is
 /// the gateway's own and is consumed, never forwarded.
@@ -308,7 +309,7 @@ impl Inbound {
                 Ok(Captured::Consume)
             }
             opcode::PING | opcode::PONG => Ok(Captured::Forward),
-            opcode::CLOSE => match frame::parse_close(payload) {
+            opcode::CLOSE => match close::parse_close(payload) {
                 ClosePayload::Empty => {
                     ev.close = Some(close_code::NO_STATUS);
                     Ok(Captured::Forward)
@@ -417,7 +418,7 @@ impl Inbound {
         Ok(())
     }
 
-    fn validate_payload(&mut self, masked: &[u8]) -> Result<(), frame::InvalidUtf8> {
+    fn validate_payload(&mut self, masked: &[u8]) -> Result<(), InvalidUtf8> {
         match self.frame_mask {
             None => self.utf8.feed(masked),
             Some(m) => {

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsgate::config::Listen;
 use wsgate::{Config, Gateway};
 
 pub mod named;
@@ -40,12 +41,21 @@ impl TestGateway {
 /// Starts a gateway from config text; `listen` addresses in it are ignored
 /// (the gateway gets port-0 listeners).
 pub async fn gateway(config: &str) -> TestGateway {
-    let config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}\n{config}"));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin) = (l.local_addr().unwrap(), a.local_addr().unwrap());
-    let gw = Gateway::start(config, vec![l], vec![a]).unwrap();
+    let mut config = Config::parse(config).unwrap_or_else(|e| panic!("test config: {e}\n{config}"));
+    config.server.listen = loopback_port_0();
+    config.admin.listen = loopback_port_0();
+    // As in production: sharded listeners, one runtime per shard.
+    let gw = Gateway::bind(config, SHARDS).await.unwrap();
+    let (addr, admin) = (gw.addrs()[0], gw.admin_addrs()[0]);
     TestGateway { gw, addr, admin }
+}
+
+/// Shards per test gateway: two, like production on this two-core machine.
+pub const SHARDS: usize = 2;
+
+/// `127.0.0.1:0`: the kernel picks a free port.
+pub fn loopback_port_0() -> Listen {
+    Listen(vec!["127.0.0.1:0".parse().unwrap()])
 }
 
 /// Config text for one or more backends, plus extra sections. Health checks
@@ -250,12 +260,12 @@ impl Raw {
     /// Reads the next frame: (fin, opcode, unmasked payload); None on EOF.
     pub async fn read_frame(&mut self) -> Option<(bool, u8, Vec<u8>)> {
         loop {
-            if let Ok(Some(h)) = wsgate::frame::parse_header(&self.buf) {
+            if let Ok(Some(h)) = wsgate::ws::frame::parse_header(&self.buf) {
                 let total = h.header_len + h.payload_len as usize;
                 if self.buf.len() >= total {
                     let mut payload = self.buf[h.header_len..total].to_vec();
                     if let Some(m) = h.mask {
-                        wsgate::frame::apply_mask(&mut payload, m, 0);
+                        wsgate::ws::frame::apply_mask(&mut payload, m, 0);
                     }
                     self.buf.drain(..total);
                     return Some((h.fin, h.opcode, payload));
@@ -314,7 +324,7 @@ pub fn encode_frame(
     let mut p = payload.to_vec();
     if let Some(k) = mask {
         f.extend_from_slice(&k);
-        wsgate::frame::apply_mask(&mut p, k, 0);
+        wsgate::ws::frame::apply_mask(&mut p, k, 0);
     }
     f.extend_from_slice(&p);
     f
@@ -397,7 +407,7 @@ pub async fn backend_accept(mut tcp: TcpStream) -> Option<Raw> {
             .eq_ignore_ascii_case("sec-websocket-key")
             .then(|| v.trim().to_string())
     })?;
-    let accept = wsgate::handshake::accept_key(key.as_bytes());
+    let accept = wsgate::conn::headers::accept_key(key.as_bytes());
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n\r\n",

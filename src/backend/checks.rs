@@ -2,7 +2,7 @@
 //! the HTTP check (`GET http_path`, 2xx passes) and the WebSocket check (a
 //! real upgrade on `ws_path`, a ping answered by a pong, optionally
 //! `ws_send`/`ws_expect`, then close 1000) every `interval`, each under
-//! `timeout`. Results go to the backend's rise/fall state (`upstream`).
+//! `timeout`. Results go to the backend's rise/fall state (`health`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Empty;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -19,9 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
+use crate::backend::dial::connect;
+use crate::backend::http1;
 use crate::config::HealthConfig;
 use crate::metrics::{Check, Metrics};
-use crate::upstream::{self, Backend};
 
 const PING_PAYLOAD: &[u8] = b"wsgate-health";
 
@@ -92,31 +93,24 @@ async fn run(b: Arc<Backend>, cfg: HealthConfig, metrics: Arc<Metrics>) {
 
 /// `GET http_path`; 2xx passes.
 async fn http_check(b: &Backend, path: &str) -> bool {
-    let Ok(io) = upstream::connect(&b.url, b.tls.as_ref()).await else {
+    let Ok(io) = connect(&b.url, b.tls()).await else {
         return false;
     };
-    let Ok((mut sender, conn)) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await
+    let Ok(req) = Request::get(format!("{}{}", b.url.prefix, path))
+        .header(hyper::header::HOST, b.url.authority())
+        .header(hyper::header::USER_AGENT, "wsgate-health")
+        .body(Empty::<Bytes>::new())
     else {
         return false;
     };
-    let req = Request::get(format!("{}{}", b.url.prefix, path))
-        .header(hyper::header::HOST, b.url.authority())
-        .header(hyper::header::USER_AGENT, "wsgate-health")
-        .body(Empty::new())
-        .expect("valid request");
-    // Driven on its own: it may end right after the answer.
-    tokio::spawn(conn);
-    sender
-        .send_request(req)
+    http1::send::<crate::tls::Stream>(io, req)
         .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
+        .is_ok_and(|x| x.response().status().is_success())
 }
 
 /// A real WebSocket exchange: upgrade, ping -> pong, optional message, close.
 async fn ws_check(b: &Backend, cfg: &HealthConfig) -> bool {
-    let Ok(io) = upstream::connect(&b.url, b.tls.as_ref()).await else {
+    let Ok(io) = connect(&b.url, b.tls()).await else {
         return false;
     };
     let scheme = if b.url.tls { "wss" } else { "ws" };

@@ -6,8 +6,16 @@
 
 use tokio::time::Instant;
 
-use crate::config::LimitsConfig;
+/// The configured rates (`[limits]`), copied into the relay's policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateLimit {
+    pub messages_per_sec: u32,
+    /// Bucket size for messages; 0 = `messages_per_sec`.
+    pub burst: u32,
+    pub bytes_per_sec: u64,
+}
 
+/// The buckets of one connection.
 #[derive(Debug, Clone)]
 pub struct Bucket {
     msg_rate: f64,
@@ -20,7 +28,7 @@ pub struct Bucket {
 
 impl Bucket {
     /// `None` when no rate is configured: the relay then skips all of this.
-    pub fn new(l: &LimitsConfig, now: Instant) -> Option<Bucket> {
+    pub fn new(l: &RateLimit, now: Instant) -> Option<Bucket> {
         if l.messages_per_sec == 0 && l.bytes_per_sec == 0 {
             return None;
         }
@@ -85,7 +93,7 @@ mod tests {
 
     #[test]
     fn burst_then_refill() {
-        let l = LimitsConfig {
+        let l = RateLimit {
             messages_per_sec: 10,
             burst: 3,
             ..Default::default()
@@ -99,7 +107,7 @@ mod tests {
 
     #[test]
     fn bytes_limit() {
-        let l = LimitsConfig {
+        let l = RateLimit {
             bytes_per_sec: 1000,
             ..Default::default()
         };
@@ -112,6 +120,6 @@ mod tests {
 
     #[test]
     fn off_when_unset() {
-        assert!(Bucket::new(&LimitsConfig::default(), Instant::now()).is_none());
+        assert!(Bucket::new(&RateLimit::default(), Instant::now()).is_none());
     }
 }

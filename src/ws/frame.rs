@@ -1,9 +1,14 @@
 //! RFC 6455 framing as pure functions over bytes: the frame-header parser,
-//! masking, control-frame encoding and an incremental UTF-8 validator.
+//! masking and the encoding of the small frames the gateway sends itself.
 //!
 //! Nothing here does I/O or allocates. "Need more bytes" is `Ok(None)`, not
 //! an error (as in mini-redis `frame.rs`). What a frame *means* for the
 //! connection (order of fragments, who may mask) is the relay's business.
+//!
+//! Hand-written on purpose: tungstenite's codec owns a read buffer per
+//! stream and reassembles whole messages, while the relay forwards frame
+//! payloads as they arrive (see `relay`), so it needs only this header
+//! parser over borrowed bytes.
 
 /// Opcodes (RFC 6455 section 5.2).
 pub mod opcode {
@@ -178,99 +183,10 @@ impl ControlFrame {
     }
 }
 
-/// What a close frame's payload says (RFC 6455 section 5.5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClosePayload {
-    /// Empty payload: the code reads as 1005 (no status).
-    Empty,
-    Code(u16),
-    /// A 1-byte payload, a code that must not be on the wire, or a reason
-    /// that is not UTF-8; the `u16` is the close code to answer with.
-    Invalid(u16),
-}
-
-/// Checks an (unmasked) close payload.
-pub fn parse_close(payload: &[u8]) -> ClosePayload {
-    use crate::error::close_code;
-    match payload.len() {
-        0 => ClosePayload::Empty,
-        1 => ClosePayload::Invalid(close_code::PROTOCOL_ERROR),
-        _ => {
-            let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !close_code::valid_on_wire(code) {
-                ClosePayload::Invalid(close_code::PROTOCOL_ERROR)
-            } else if std::str::from_utf8(&payload[2..]).is_err() {
-                ClosePayload::Invalid(close_code::INVALID_PAYLOAD)
-            } else {
-                ClosePayload::Code(code)
-            }
-        }
-    }
-}
-
-/// Bytes that are not UTF-8 in a text message (RFC 6455 section 8.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid UTF-8")]
-pub struct InvalidUtf8;
-
-/// Validates UTF-8 fed in pieces that may split a character (a text message
-/// across frames and reads), keeping at most 3 bytes between calls.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Utf8Validator {
-    carry: [u8; 4],
-    carry_len: u8,
-}
-
-impl Utf8Validator {
-    /// Feeds the next unmasked bytes; `Err` at the first invalid sequence.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), InvalidUtf8> {
-        if self.carry_len > 0 {
-            let need = utf8_width(self.carry[0]).ok_or(InvalidUtf8)?;
-            let have = self.carry_len as usize;
-            let take = (need - have).min(data.len());
-            self.carry[have..have + take].copy_from_slice(&data[..take]);
-            self.carry_len += take as u8;
-            data = &data[take..];
-            let cur = &self.carry[..self.carry_len as usize];
-            match std::str::from_utf8(cur) {
-                Ok(_) => self.carry_len = 0,
-                Err(e) if e.error_len().is_some() => return Err(InvalidUtf8),
-                Err(_) => return Ok(()), // still incomplete, and data is used up
-            }
-        }
-        match std::str::from_utf8(data) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_some() => Err(InvalidUtf8),
-            Err(e) => {
-                let rest = &data[e.valid_up_to()..];
-                self.carry[..rest.len()].copy_from_slice(rest);
-                self.carry_len = rest.len() as u8;
-                Ok(())
-            }
-        }
-    }
-
-    /// Whether the message ended on a character boundary.
-    pub fn finish(&mut self) -> Result<(), InvalidUtf8> {
-        let ok = self.carry_len == 0;
-        self.carry_len = 0;
-        if ok { Ok(()) } else { Err(InvalidUtf8) }
-    }
-}
-
-fn utf8_width(first: u8) -> Option<usize> {
-    match first {
-        0x00..=0x7F => Some(1),
-        0xC2..=0xDF => Some(2),
-        0xE0..=0xEF => Some(3),
-        0xF0..=0xF4 => Some(4),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::close::{ClosePayload, parse_close};
 
     #[test]
     fn parses_small_and_extended_lengths() {
@@ -345,24 +261,5 @@ mod tests {
             parse_close(&f.as_bytes()[2..]),
             ClosePayload::Code(1000)
         ));
-    }
-
-    #[test]
-    fn utf8_split_anywhere() {
-        let s = "aé€😀z".as_bytes();
-        for cut in 0..s.len() {
-            let mut v = Utf8Validator::default();
-            v.feed(&s[..cut]).unwrap();
-            v.feed(&s[cut..]).unwrap();
-            v.finish().unwrap();
-        }
-        let mut v = Utf8Validator::default();
-        assert!(v.feed(&[0xC3, 0x28]).is_err());
-        let mut v = Utf8Validator::default();
-        v.feed(&[0xE2, 0x82]).unwrap();
-        assert!(v.finish().is_err());
-        let mut v = Utf8Validator::default();
-        v.feed(&[0xF0]).unwrap();
-        assert!(v.feed(&[0x28]).is_err());
     }
 }

@@ -1,0 +1,194 @@
+//! The configuration file: its TOML schema and defaults (`schema`), the
+//! value types (`types`), the rules across keys (`validate`) and the key
+//! lines for error messages (`spans`). Every error names the key and the
+//! line it is on, in one sentence.
+//!
+//! This module only turns text into a checked [`Config`]; it opens no socket
+//! and reads no file other than the config itself (certificate and key files
+//! are read by `tls`, so a reload re-reads them too).
+
+mod schema;
+mod spans;
+mod types;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+
+pub use schema::{
+    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig,
+    LimitsConfig, LogConfig, LogFormat, RejectWith, RouteOn, RoutingConfig, ServerConfig,
+    TlsConfig,
+};
+pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
+pub use validate::MIN_REQUEST_HEAD_BYTES;
+
+use spans::{Seg, Spans};
+
+/// A configuration error, phrased as one sentence that names the key and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line in the file, when the error can be pinned to one.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `heartbeat.client_interval`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.key, self.line) {
+            (Some(k), Some(l)) => write!(f, "config key `{k}` (line {l}): {}", self.message),
+            (Some(k), None) => write!(f, "config key `{k}`: {}", self.message),
+            (None, Some(l)) => write!(f, "config line {l}: {}", self.message),
+            (None, None) => write!(f, "config: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: None,
+            key: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| from_toml(text, &e))?;
+        validate::config(&config).map_err(|inv| from_invalid(text, inv))?;
+        Ok(config)
+    }
+}
+
+/// A toml/serde error, with the line and dotted key its span points at.
+fn from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    let line = span.as_ref().map(|s| Spans::line_at(text, s.start));
+    let key = span.and_then(|s| Spans::parse(text).and_then(|sp| sp.key_at(s.start)));
+    ConfigError {
+        line,
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// A broken rule, with the line of the key it blames.
+fn from_invalid(text: &str, inv: validate::Invalid) -> ConfigError {
+    let mut path = Vec::with_capacity(3);
+    if !inv.section.is_empty() {
+        path.push(Seg::Key(inv.section));
+    }
+    if let Some(i) = inv.index {
+        path.push(Seg::Index(i));
+    }
+    path.push(Seg::Key(inv.key));
+    let line = Spans::parse(text).and_then(|s| s.line_of(&path));
+    ConfigError {
+        line,
+        key: Some(if inv.section.is_empty() {
+            inv.key.to_string()
+        } else {
+            format!("{}.{}", inv.section, inv.key)
+        }),
+        message: inv.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MIN: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[[backends]]\nname = \"b1\"\nurl = \"ws://127.0.0.1:9001\"\n";
+
+    #[test]
+    fn minimal_config_gets_spec_defaults() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.server.max_connections, 100_000);
+        assert_eq!(c.server.handshake_timeout.get(), Duration::from_secs(10));
+        assert_eq!(c.routing.vnodes, 160);
+        assert_eq!(c.health.route_on, RouteOn::Ws);
+        assert_eq!(c.heartbeat.client_interval.get(), Duration::from_secs(30));
+        assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        assert_eq!(c.auth.mode, AuthMode::None);
+        assert_eq!(c.admin.listen.0[0].to_string(), "127.0.0.1:9090");
+        assert_eq!(c.backends[0].url.port, 9001);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("3x").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("{MIN}[heartbeat]\nclient_intervall = \"3s\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert_eq!(e.key.as_deref(), Some("heartbeat.client_intervall"));
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let text = format!("{MIN}[heartbeat]\nclient_interval = \"3 parsecs\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(7));
+        assert_eq!(e.key.as_deref(), Some("heartbeat.client_interval"));
+    }
+
+    #[test]
+    fn cross_field_errors_name_key_and_line() {
+        let text = format!("{MIN}[[backends]]\nname = \"b1\"\nurl = \"ws://127.0.0.1:9002\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("backends.name"));
+        assert_eq!(e.line, Some(7), "{e}");
+        let text = format!("{MIN}[routing]\nload_factor = 0.5\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("routing.load_factor"), Some(7))
+        );
+    }
+
+    #[test]
+    fn missing_backends_and_listen_are_errors() {
+        assert!(Config::parse("[server]\nlisten = \"127.0.0.1:1\"\n").is_err());
+        let e = Config::parse("[[backends]]\nname=\"a\"\nurl=\"ws://a:1\"\n").unwrap_err();
+        assert!(e.message.contains("server"), "{e}");
+    }
+
+    #[test]
+    fn backend_urls() {
+        let u = BackendUrl::parse("wss://api.example.com/socket/").unwrap();
+        assert!(u.tls);
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("api.example.com", 443, "/socket")
+        );
+        assert_eq!(u.authority(), "api.example.com");
+        assert!(BackendUrl::parse("http://x").is_err());
+        assert_eq!(
+            BackendUrl::parse("ws://[::1]:9000").unwrap().authority(),
+            "[::1]:9000"
+        );
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../../gateway.toml.example");
+        Config::parse(text).unwrap();
+    }
+}

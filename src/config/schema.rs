@@ -1,0 +1,409 @@
+//! The TOML schema: one struct per section, every key with its default
+//! (SPEC.md and gateway.toml.example list the same). Unknown keys are errors
+//! (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default. Cross-key rules live in `validate`.
+
+use serde::Deserialize;
+
+use crate::config::types::{BackendUrl, Dur, Listen, Source};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: Listen,
+    #[serde(default = "default_origins")]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub require_origin: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+    /// Largest request head (request line + headers) accepted; over it: 431.
+    #[serde(default = "default_max_request_head_bytes")]
+    pub max_request_head_bytes: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Listen,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default = "default_client_id_sources")]
+    pub client_id: Vec<Source>,
+    #[serde(default = "default_vnodes")]
+    pub vnodes: u32,
+    #[serde(default)]
+    pub load_factor: f64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            client_id: default_client_id_sources(),
+            vnodes: default_vnodes(),
+            load_factor: 0.0,
+            connect_timeout: default_connect_timeout(),
+            connect_retries: default_connect_retries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub url: BackendUrl,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// wss:// only: PEM file of the CA(s) to trust instead of the system roots.
+    #[serde(default)]
+    pub ca: String,
+    /// wss:// only, for testing: accept any certificate. Never in production.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteOn {
+    #[default]
+    Ws,
+    Http,
+    Both,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_two")]
+    pub fall: u32,
+    #[serde(default = "default_two")]
+    pub rise: u32,
+    #[serde(default = "default_http_path")]
+    pub http_path: String,
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+    #[serde(default)]
+    pub ws_send: String,
+    #[serde(default)]
+    pub ws_expect: String,
+    #[serde(default)]
+    pub ws_subprotocol: String,
+    #[serde(default)]
+    pub route_on: RouteOn,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            fall: 2,
+            rise: 2,
+            http_path: default_http_path(),
+            ws_path: default_ws_path(),
+            ws_send: String::new(),
+            ws_expect: String::new(),
+            ws_subprotocol: String::new(),
+            route_on: RouteOn::Ws,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    #[serde(default = "default_hb_interval")]
+    pub client_interval: Dur,
+    #[serde(default = "default_hb_timeout")]
+    pub client_timeout: Dur,
+    #[serde(default = "default_hb_interval")]
+    pub backend_interval: Dur,
+    #[serde(default = "default_hb_timeout")]
+    pub backend_timeout: Dur,
+    #[serde(default)]
+    pub app_ping: String,
+    #[serde(default)]
+    pub app_pong: String,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            client_interval: default_hb_interval(),
+            client_timeout: default_hb_timeout(),
+            backend_interval: default_hb_interval(),
+            backend_timeout: default_hb_timeout(),
+            app_ping: String::new(),
+            app_pong: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+    #[serde(default)]
+    pub messages_per_sec: u32,
+    #[serde(default)]
+    pub burst: u32,
+    #[serde(default)]
+    pub bytes_per_sec: u64,
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    #[serde(default = "default_slow_consumer_timeout")]
+    pub slow_consumer_timeout: Dur,
+    #[serde(default = "default_true")]
+    pub validate_utf8: bool,
+    #[serde(default)]
+    pub validate_json: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: default_max_message_bytes(),
+            messages_per_sec: 0,
+            burst: 0,
+            bytes_per_sec: 0,
+            max_buffered_bytes: default_max_buffered_bytes(),
+            slow_consumer_timeout: default_slow_consumer_timeout(),
+            validate_utf8: true,
+            validate_json: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Jwt,
+    Forward,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RejectWith {
+    #[default]
+    Status,
+    Close,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub mode: AuthMode,
+    #[serde(default = "default_token_sources")]
+    pub token_from: Vec<Source>,
+    #[serde(default = "default_true")]
+    pub strip_token: bool,
+    #[serde(default)]
+    pub jwt_secret: String,
+    #[serde(default)]
+    pub jwt_public_key: String,
+    #[serde(default)]
+    pub jwt_issuer: String,
+    #[serde(default)]
+    pub jwt_audience: String,
+    #[serde(default)]
+    pub jwt_leeway: Dur,
+    #[serde(default = "default_client_id_claim")]
+    pub client_id_claim: String,
+    #[serde(default)]
+    pub forward_url: String,
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// How long the forward-auth call may take; past it the upgrade is refused.
+    #[serde(default = "default_forward_timeout")]
+    pub forward_timeout: Dur,
+    #[serde(default = "default_first_message_timeout")]
+    pub first_message_timeout: Dur,
+    #[serde(default)]
+    pub reject_with: RejectWith,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            token_from: default_token_sources(),
+            strip_token: true,
+            jwt_secret: String::new(),
+            jwt_public_key: String::new(),
+            jwt_issuer: String::new(),
+            jwt_audience: String::new(),
+            jwt_leeway: Dur::default(),
+            client_id_claim: default_client_id_claim(),
+            forward_url: String::new(),
+            forward_headers: Vec::new(),
+            forward_timeout: default_forward_timeout(),
+            first_message_timeout: default_first_message_timeout(),
+            reject_with: RejectWith::Status,
+        }
+    }
+}
+
+fn default_origins() -> Vec<String> {
+    vec!["*".to_string()]
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_handshake_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_shutdown_grace() -> Dur {
+    Dur::secs(30)
+}
+fn default_max_request_head_bytes() -> usize {
+    // Browsers send 1-2 KiB; cookies can add a few more. nginx's default
+    // large_client_header_buffers is 4 x 8 KiB.
+    16 * 1024
+}
+fn default_admin_listen() -> Listen {
+    Listen(vec!["127.0.0.1:9090".parse().expect("constant address")])
+}
+fn default_client_id_sources() -> Vec<Source> {
+    vec![
+        Source::Query("client_id".into()),
+        Source::Header("x-client-id".into()),
+        Source::Cookie("client_id".into()),
+    ]
+}
+fn default_vnodes() -> u32 {
+    160
+}
+fn default_connect_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_connect_retries() -> u32 {
+    1
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_health_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_health_timeout() -> Dur {
+    Dur::secs(2)
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_http_path() -> String {
+    "/healthz".into()
+}
+fn default_ws_path() -> String {
+    "/".into()
+}
+fn default_hb_interval() -> Dur {
+    Dur::secs(30)
+}
+fn default_hb_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn default_max_message_bytes() -> u64 {
+    1 << 20
+}
+fn default_max_buffered_bytes() -> usize {
+    1 << 20
+}
+fn default_slow_consumer_timeout() -> Dur {
+    Dur::secs(30)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_token_sources() -> Vec<Source> {
+    vec![
+        Source::Query("token".into()),
+        Source::Header("authorization".into()),
+        Source::Cookie("token".into()),
+    ]
+}
+fn default_client_id_claim() -> String {
+    "sub".into()
+}
+fn default_forward_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn default_first_message_timeout() -> Dur {
+    Dur::secs(5)
+}

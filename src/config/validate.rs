@@ -1,0 +1,288 @@
+//! Rules that span keys, or that serde cannot see one field at a time: one
+//! function per section, each naming the key it blames. `Config::parse`
+//! turns an [`Invalid`] into a `ConfigError` with the key's line.
+
+use std::collections::HashSet;
+
+use crate::config::schema::{
+    AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig, LimitsConfig,
+    RoutingConfig, ServerConfig,
+};
+use crate::config::types::Source;
+
+/// The smallest head limit hyper can enforce (its smallest read buffer).
+pub const MIN_REQUEST_HEAD_BYTES: usize = 8192;
+/// Largest control-frame payload (RFC 6455 section 5.5): `app_ping` is
+/// compared to single frames of at most this.
+const MAX_APP_PING: usize = 125;
+
+/// A rule broken by the value of `section.key` (of the `index`th entry of
+/// an array of tables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// "" for a top-level key.
+    pub section: &'static str,
+    pub index: Option<usize>,
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn invalid(section: &'static str, key: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        section,
+        index: None,
+        key,
+        message: message.into(),
+    }
+}
+
+type Check = Result<(), Invalid>;
+
+/// Every section; the first broken rule is reported.
+pub fn config(c: &Config) -> Check {
+    backends(&c.backends)?;
+    server(&c.server)?;
+    routing(&c.routing)?;
+    health(&c.health)?;
+    heartbeat(&c.heartbeat)?;
+    limits(&c.limits)?;
+    auth(&c.auth)
+}
+
+fn server(s: &ServerConfig) -> Check {
+    for o in &s.allowed_origins {
+        if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            return Err(invalid(
+                "server",
+                "allowed_origins",
+                format!("origin {o:?} must be \"*\" or start with http:// or https://"),
+            ));
+        }
+    }
+    if s.max_connections == 0 {
+        return Err(invalid("server", "max_connections", "must be at least 1"));
+    }
+    if s.max_request_head_bytes < MIN_REQUEST_HEAD_BYTES {
+        return Err(invalid(
+            "server",
+            "max_request_head_bytes",
+            "must be at least 8192 (hyper's smallest read buffer)",
+        ));
+    }
+    Ok(())
+}
+
+fn backends(list: &[BackendConfig]) -> Check {
+    if list.is_empty() {
+        return Err(invalid(
+            "",
+            "backends",
+            "at least one [[backends]] entry is required",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, b) in list.iter().enumerate() {
+        let at = |key: &'static str, message: String| Invalid {
+            section: "backends",
+            index: Some(i),
+            key,
+            message,
+        };
+        if b.name.is_empty()
+            || !b
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(at(
+                "name",
+                format!(
+                    "backend name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                    b.name
+                ),
+            ));
+        }
+        if !names.insert(b.name.as_str()) {
+            return Err(at(
+                "name",
+                format!("backend name {:?} is used twice", b.name),
+            ));
+        }
+        if b.weight == 0 || b.weight > 1000 {
+            return Err(at(
+                "weight",
+                format!("weight {} must be between 1 and 1000", b.weight),
+            ));
+        }
+        if (!b.ca.is_empty() || b.tls_insecure_skip_verify) && !b.url.tls {
+            let key = if b.ca.is_empty() {
+                "tls_insecure_skip_verify"
+            } else {
+                "ca"
+            };
+            return Err(at(key, "only applies to a wss:// backend".into()));
+        }
+    }
+    Ok(())
+}
+
+fn routing(r: &RoutingConfig) -> Check {
+    if r.client_id.contains(&Source::FirstMessage) {
+        return Err(invalid(
+            "routing",
+            "client_id",
+            "\"first_message\" is only a token source ([auth] token_from)",
+        ));
+    }
+    if r.vnodes == 0 || r.vnodes > 10_000 {
+        return Err(invalid(
+            "routing",
+            "vnodes",
+            format!("{} must be between 1 and 10000", r.vnodes),
+        ));
+    }
+    if !(r.load_factor == 0.0 || (r.load_factor > 1.0 && r.load_factor.is_finite())) {
+        return Err(invalid(
+            "routing",
+            "load_factor",
+            format!(
+                "{} must be 0 (off) or greater than 1 (e.g. 1.25)",
+                r.load_factor
+            ),
+        ));
+    }
+    if r.connect_timeout.is_zero() {
+        return Err(invalid(
+            "routing",
+            "connect_timeout",
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
+}
+
+fn health(h: &HealthConfig) -> Check {
+    if h.fall == 0 || h.rise == 0 {
+        let key = if h.fall == 0 { "fall" } else { "rise" };
+        return Err(invalid("health", key, "must be at least 1"));
+    }
+    if h.interval.is_zero() || h.timeout.is_zero() {
+        let key = if h.interval.is_zero() {
+            "interval"
+        } else {
+            "timeout"
+        };
+        return Err(invalid("health", key, "must be greater than 0"));
+    }
+    for (key, p) in [("http_path", &h.http_path), ("ws_path", &h.ws_path)] {
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err(invalid(
+                "health",
+                key,
+                format!("{p:?} must be empty or start with '/'"),
+            ));
+        }
+    }
+    if !h.ws_expect.is_empty() && h.ws_send.is_empty() {
+        return Err(invalid(
+            "health",
+            "ws_expect",
+            "needs ws_send (the message whose reply is checked)",
+        ));
+    }
+    Ok(())
+}
+
+fn heartbeat(hb: &HeartbeatConfig) -> Check {
+    for (key, iv, to) in [
+        ("client_timeout", hb.client_interval, hb.client_timeout),
+        ("backend_timeout", hb.backend_interval, hb.backend_timeout),
+    ] {
+        if !iv.is_zero() && to.is_zero() {
+            return Err(invalid(
+                "heartbeat",
+                key,
+                "must be greater than 0 while its interval is on",
+            ));
+        }
+    }
+    if hb.app_ping.is_empty() != hb.app_pong.is_empty() {
+        let key = if hb.app_ping.is_empty() {
+            "app_ping"
+        } else {
+            "app_pong"
+        };
+        return Err(invalid(
+            "heartbeat",
+            key,
+            "app_ping and app_pong must be set together",
+        ));
+    }
+    if hb.app_ping.len() > MAX_APP_PING {
+        return Err(invalid(
+            "heartbeat",
+            "app_ping",
+            "must be at most 125 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn limits(l: &LimitsConfig) -> Check {
+    if l.max_message_bytes == 0 {
+        return Err(invalid("limits", "max_message_bytes", "must be at least 1"));
+    }
+    if l.max_buffered_bytes < 1024 {
+        return Err(invalid(
+            "limits",
+            "max_buffered_bytes",
+            "must be at least 1024",
+        ));
+    }
+    if l.burst > 0 && l.messages_per_sec == 0 {
+        return Err(invalid("limits", "burst", "needs messages_per_sec"));
+    }
+    Ok(())
+}
+
+fn auth(a: &AuthConfig) -> Check {
+    match a.mode {
+        AuthMode::None => {}
+        AuthMode::Jwt => {
+            if a.jwt_secret.is_empty() == a.jwt_public_key.is_empty() {
+                return Err(invalid(
+                    "auth",
+                    "jwt_secret",
+                    "mode \"jwt\" needs exactly one of jwt_secret (HS256) or jwt_public_key (RS256/ES256)",
+                ));
+            }
+            if a.token_from.is_empty() {
+                return Err(invalid("auth", "token_from", "needs at least one source"));
+            }
+        }
+        AuthMode::Forward => {
+            if !a.forward_url.starts_with("http://") {
+                return Err(invalid(
+                    "auth",
+                    "forward_url",
+                    "mode \"forward\" needs an http:// URL (e.g. \"http://127.0.0.1:8000/auth\")",
+                ));
+            }
+        }
+    }
+    if a.token_from.contains(&Source::FirstMessage) && a.token_from.len() > 1 {
+        return Err(invalid(
+            "auth",
+            "token_from",
+            "\"first_message\" cannot be combined with other sources",
+        ));
+    }
+    if a.token_from.contains(&Source::FirstMessage) && a.mode == AuthMode::Forward {
+        return Err(invalid(
+            "auth",
+            "token_from",
+            "\"first_message\" needs mode \"jwt\"",
+        ));
+    }
+    Ok(())
+}

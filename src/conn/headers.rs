@@ -1,0 +1,141 @@
+//! The headers of an upgrade as the gateway passes it on: the request to
+//! the backend (end-to-end headers as sent, every `Sec-WebSocket-*` so
+//! subprotocols and extensions are agreed end to end, `X-Forwarded-*` and
+//! `X-Client-Id` set by the gateway) and the 101 toward the client.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::auth::Admitted;
+use crate::request;
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2), computed by
+/// tungstenite.
+pub fn accept_key(key: &[u8]) -> HeaderValue {
+    HeaderValue::from_str(&derive_accept_key(key)).expect("base64 is a valid header value")
+}
+
+/// The client's path and query, minus a stripped token.
+pub fn upstream_path<B>(req: &Request<B>, admitted: &Admitted) -> String {
+    let path = req.uri().path();
+    match (req.uri().query(), &admitted.strip_query) {
+        (Some(q), Some(name)) => {
+            let q = request::strip_query_param(q, name);
+            if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            }
+        }
+        (Some(q), None) => format!("{path}?{q}"),
+        (None, _) => path.to_string(),
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the gateway
+/// sets itself: never copied from the client.
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "x-client-id",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// The upgrade request's headers for the backend: end-to-end headers as
+/// sent (including every Sec-WebSocket-* so subprotocols and extensions are
+/// negotiated end to end), plus X-Forwarded-* and X-Client-Id.
+pub fn upstream_headers<B>(
+    req: &Request<B>,
+    peer: IpAddr,
+    tls: bool,
+    authority: &str,
+    admitted: &Admitted,
+) -> HeaderMap {
+    let src = req.headers();
+    // Headers the client named in Connection are hop-by-hop too.
+    let named: Vec<String> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let mut h = HeaderMap::with_capacity(src.len() + 6);
+    for (name, value) in src {
+        let n = name.as_str();
+        if NOT_FORWARDED.contains(&n) || named.iter().any(|t| t == n) {
+            continue;
+        }
+        if n == "x-forwarded-for" {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(authority).unwrap_or(HeaderValue::from_static("backend")),
+    );
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let peer_ip = peer.to_string();
+    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = src.get(header::HOST) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&admitted.client_id) {
+        h.insert(HeaderName::from_static("x-client-id"), v);
+    }
+    for (name, value) in &admitted.extra_headers {
+        h.insert(name.clone(), value.clone());
+    }
+    h
+}
+
+/// The 101 headers for the client: accept key, and what the backend chose.
+pub fn switching_protocols<B>(
+    req: &Request<B>,
+    protocol: Option<HeaderValue>,
+    extensions: Option<HeaderValue>,
+) -> Response<Full<Bytes>> {
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()));
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    if let Some(e) = extensions {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
+    resp
+}

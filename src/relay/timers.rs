@@ -1,0 +1,182 @@
+//! The relay's one timer and every deadline it serves: heartbeats toward
+//! each peer, the close handshake, the drain moment, the token's expiry and
+//! the slow-consumer limit.
+//!
+//! One `Sleep` per connection, re-armed only when a deadline moves earlier
+//! or it fires: later deadlines are found when the armed one fires, so
+//! traffic (which pushes heartbeat deadlines later on every read) never
+//! touches the timer wheel. A quiet link costs one timer fire per interval.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::relay::policy::Heartbeat;
+
+/// How long a close handshake may take once started, before the sockets are
+/// simply dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// "Never" for the one timer (a year away).
+const FAR: Duration = Duration::from_secs(86400 * 365);
+
+/// The connection-wide deadlines and the one `Sleep` armed at the earliest
+/// of them and of the peers' heartbeat and slow-consumer deadlines.
+pub struct Timers {
+    sleep: Pin<Box<Sleep>>,
+    armed: Instant,
+    /// The close handshake must be over by then.
+    close_deadline: Option<Instant>,
+    /// A drained backend's connection closes at this (random) moment.
+    drain_at: Option<Instant>,
+    /// The client's token expires (close 4001 "token expired").
+    token_expires: Option<Instant>,
+}
+
+impl Timers {
+    pub fn new(now: Instant, token_expires: Option<Instant>) -> Timers {
+        let far = now + FAR;
+        Timers {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            armed: far,
+            close_deadline: None,
+            drain_at: None,
+            token_expires,
+        }
+    }
+
+    /// Whether the sleep has fired; registers the task's waker when not.
+    pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// The armed deadline passed: nothing is armed until `arm` again.
+    pub fn fired(&mut self, now: Instant) {
+        self.armed = now + FAR;
+    }
+
+    /// A close handshake started: it has `CLOSE_TIMEOUT` to finish (the
+    /// first start counts).
+    pub fn start_close(&mut self, now: Instant) {
+        self.close_deadline.get_or_insert(now + CLOSE_TIMEOUT);
+    }
+
+    pub fn close_overdue(&self, now: Instant) -> bool {
+        self.close_deadline.is_some_and(|d| now >= d)
+    }
+
+    pub fn drain_at(&mut self, at: Instant) {
+        self.drain_at = Some(at);
+    }
+
+    /// True once, when the drain moment has come.
+    pub fn take_drain(&mut self, now: Instant) -> bool {
+        take_due(&mut self.drain_at, now)
+    }
+
+    /// True once, when the token has expired.
+    pub fn take_token_expiry(&mut self, now: Instant) -> bool {
+        take_due(&mut self.token_expires, now)
+    }
+
+    /// Arms the sleep at the earliest of this connection's deadlines and
+    /// `others`. Returns true if that is already due (the caller loops).
+    pub fn arm(
+        &mut self,
+        cx: &mut Context<'_>,
+        others: impl IntoIterator<Item = Option<Instant>>,
+        now: Instant,
+    ) -> bool {
+        let next = [self.close_deadline, self.drain_at, self.token_expires]
+            .into_iter()
+            .chain(others)
+            .flatten()
+            .min();
+        let Some(next) = next else { return false };
+        if next <= now {
+            return true;
+        }
+        if next < self.armed {
+            self.armed = next;
+            self.sleep.as_mut().reset(next);
+            return self.sleep.as_mut().poll(cx).is_ready();
+        }
+        false
+    }
+}
+
+fn take_due(slot: &mut Option<Instant>, now: Instant) -> bool {
+    if slot.is_some_and(|t| now >= t) {
+        *slot = None;
+        true
+    } else {
+        false
+    }
+}
+
+/// What a heartbeat deadline means when it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Quiet for `interval`: send a ping.
+    Ping,
+    /// No frame at all for `timeout` after the ping: the peer is dead.
+    Dead,
+}
+
+/// Heartbeat bookkeeping toward one peer.
+#[derive(Debug)]
+pub struct Liveness {
+    /// When the last bytes came from the peer: any frame counts as life.
+    last_rx: Instant,
+    /// When the current ping became due; cleared by its pong.
+    ping_at: Option<Instant>,
+    /// The ping is due but not written yet (written at a frame boundary).
+    pub ping_unsent: bool,
+}
+
+impl Liveness {
+    pub fn new(now: Instant) -> Liveness {
+        Liveness {
+            last_rx: now,
+            ping_at: None,
+            ping_unsent: false,
+        }
+    }
+
+    /// Bytes arrived from the peer.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_rx = now;
+    }
+
+    /// The next heartbeat deadline under `hb` (`None`: heartbeats off).
+    pub fn deadline(&self, hb: Option<Heartbeat>) -> Option<Instant> {
+        let hb = hb?;
+        Some(match self.ping_at {
+            Some(t) if self.last_rx <= t => t + hb.timeout,
+            _ => self.last_rx + hb.interval,
+        })
+    }
+
+    /// The deadline passed: ping, or declare the peer dead. The timeout
+    /// clock starts when the ping is due, even if it cannot be written yet,
+    /// so a peer that stopped reading is found dead too.
+    pub fn due(&mut self, now: Instant) -> Beat {
+        match self.ping_at {
+            Some(t) if self.last_rx <= t => Beat::Dead,
+            _ => {
+                self.ping_at = Some(now);
+                self.ping_unsent = true;
+                Beat::Ping
+            }
+        }
+    }
+
+    /// The gateway's own pong came back: the round trip, if a ping was out.
+    pub fn pong(&mut self, now: Instant) -> Option<Duration> {
+        self.ping_at
+            .take()
+            .map(|t| now.saturating_duration_since(t))
+    }
+}

@@ -1,0 +1,75 @@
+//! What every task of one gateway shares: the live config snapshot, the
+//! metrics, the connection caps, the root of the cancellation tree and the
+//! tracker of upgraded connections.
+//!
+//! It sits below `gateway` (which creates and changes it: start, reload,
+//! shutdown), `conn` and `admin` (which read it), so none of them imports
+//! another's state. Each piece has one owner and one primitive, chosen on
+//! purpose:
+//! - the snapshot is an `ArcSwap`: read on every request, swapped whole on
+//!   reload (parse, validate, build, then one store);
+//! - caps are atomics and a short mutex, taken as Drop guards (`caps`);
+//! - shutdown and drain travel down cancellation tokens (root -> backend);
+//! - upgraded connections run in a `TaskTracker`, so shutdown can wait for
+//!   them after hyper has forgotten them at the 101.
+
+pub mod caps;
+pub mod snapshot;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use caps::Caps;
+pub use snapshot::{BuildError, Snapshot};
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    /// Root of the cancellation tree: shutdown.
+    pub shutdown: CancellationToken,
+    /// Upgraded connections, awaited by shutdown.
+    pub tracker: TaskTracker,
+    /// False once shutdown starts: `/readyz` answers 503.
+    pub accepting: AtomicBool,
+    pub caps: Arc<Caps>,
+    /// TCP connections accepted since start (activity, for housekeeping).
+    pub accepted: AtomicU64,
+    /// Cancels the current snapshot's health-check tasks on reload.
+    pub health: Mutex<CancellationToken>,
+    /// Serialises reloads (SIGHUP and tests) so two never interleave.
+    pub reload_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Shared {
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            health: Mutex::new(shutdown.child_token()),
+            shutdown,
+            tracker: TaskTracker::new(),
+            accepting: AtomicBool::new(true),
+            caps: Arc::default(),
+            accepted: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
+        }
+    }
+
+    /// Whether `/readyz` is 200: accepting and at least one backend routable.
+    pub fn ready(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed) && self.snapshot.load().any_routable()
+    }
+
+    /// The token under which the current snapshot's health checks run.
+    pub fn health_token(&self) -> CancellationToken {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,402 @@
+//! The relay on its own, offline: two `tokio::io::duplex` pipes stand in for
+//! the client and backend sockets, and the clock is paused, so heartbeats,
+//! close handshakes, slow consumers, token expiry and drain spreading are
+//! checked to the millisecond without waiting real seconds.
+//!
+//! Each test plays both peers with raw frames: the client side writes masked
+//! frames and reads unmasked ones, the backend side the other way round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wsgate::config::Config;
+use wsgate::metrics::Metrics;
+use wsgate::relay::{Policy, Relay, Report, Session};
+use wsgate::ws::frame::{self, opcode};
+
+/// Pipe capacity: small, so a peer that stops reading blocks the relay soon.
+const PIPE: usize = 16 * 1024;
+const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
+fn config(extra: &str) -> Config {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[[backends]]\nname = \"b\"\nurl = \"ws://127.0.0.1:1\"\n"
+    );
+    Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// One relayed connection: the test holds the far ends of both pipes.
+struct Link {
+    client: DuplexStream,
+    backend: DuplexStream,
+    done: tokio::task::JoinHandle<(Report, Instant)>,
+    metrics: Arc<Metrics>,
+}
+
+struct Tokens {
+    shutdown: CancellationToken,
+}
+
+fn start(extra: &str, token_expires: Option<Instant>) -> (Link, Tokens) {
+    let cfg = config(extra);
+    let policy = Arc::new(Policy::from_config(&cfg));
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.child_token();
+    start_with(policy, token_expires, cancel, shutdown)
+}
+
+fn start_with(
+    policy: Arc<Policy>,
+    token_expires: Option<Instant>,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+) -> (Link, Tokens) {
+    let (client_far, client_near) = tokio::io::duplex(PIPE);
+    let (backend_far, backend_near) = tokio::io::duplex(PIPE);
+    let metrics = Arc::new(Metrics::new());
+    let session = Session {
+        deflate: false,
+        token_expires,
+        cancel: cancel.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut relay = Relay::new(
+        client_near,
+        Bytes::new(),
+        backend_near,
+        Bytes::new(),
+        policy,
+        metrics.clone(),
+        session,
+    );
+    let done = tokio::spawn(async move {
+        std::future::poll_fn(|cx| relay.poll_relay(cx)).await;
+        (relay.report(), Instant::now())
+    });
+    (
+        Link {
+            client: client_far,
+            backend: backend_far,
+            done,
+            metrics,
+        },
+        Tokens { shutdown },
+    )
+}
+
+/// A data or control frame as a peer would write it.
+fn encode(op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![0x80 | op];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n < 65536 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let at = out.len();
+    if let Some(k) = mask {
+        out.extend_from_slice(&k);
+    }
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(k) = mask {
+        frame::apply_mask(&mut out[start..], k, 0);
+    }
+    debug_assert!(at <= start);
+    out
+}
+
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// Reads one whole frame: (opcode, unmasked payload). `None` at EOF.
+async fn read_frame(io: &mut DuplexStream) -> Option<(u8, Vec<u8>)> {
+    let mut buf = Vec::new();
+    loop {
+        if let Ok(Some(h)) = frame::parse_header(&buf) {
+            let total = h.header_len + h.payload_len as usize;
+            if buf.len() >= total {
+                let mut payload = buf[h.header_len..total].to_vec();
+                if let Some(m) = h.mask {
+                    frame::apply_mask(&mut payload, m, 0);
+                }
+                return Some((h.opcode, payload));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        // Byte by byte past the header would be slow; frames here are small.
+        let need = match frame::parse_header(&buf) {
+            Ok(Some(h)) => h.header_len + h.payload_len as usize - buf.len(),
+            _ => 1,
+        };
+        let n = io.read(&mut chunk[..need.min(4096)]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads frames until a close frame: its (code, reason) and when it came.
+async fn read_close(io: &mut DuplexStream) -> (u16, String, Instant) {
+    loop {
+        let (op, p) = read_frame(io).await.expect("a close frame before EOF");
+        if op == opcode::CLOSE {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            return (
+                code,
+                String::from_utf8_lossy(&p[2..]).into_owned(),
+                Instant::now(),
+            );
+        }
+    }
+}
+
+const HB: &str =
+    "[heartbeat]\nclient_interval = \"30s\"\nclient_timeout = \"10s\"\nbackend_interval = \"0s\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn quiet_client_is_pinged_after_interval_and_dropped_after_timeout() {
+    let t0 = Instant::now();
+    let (mut link, _t) = start(HB, None);
+    let (op, payload) = read_frame(&mut link.client).await.unwrap();
+    assert_eq!(op, opcode::PING);
+    assert_eq!(payload, b"wsgate-heartbeat");
+    assert_eq!(Instant::now() - t0, Duration::from_secs(30));
+    // No answer: the backend is told at interval + timeout.
+    let (code, reason, at) = read_close(&mut link.backend).await;
+    assert_eq!((code, reason.as_str()), (1001, "client heartbeat timeout"));
+    assert_eq!(at - t0, Duration::from_secs(40));
+    // The backend answers its close; the relay ends.
+    link.backend
+        .write_all(&encode(opcode::CLOSE, &close_payload(1001, ""), None))
+        .await
+        .unwrap();
+    let (report, _) = link.done.await.unwrap();
+    assert_eq!(report.ending.code(), 1001);
+    assert_eq!(report.ending.initiator().label(), "gateway");
+    assert_eq!(
+        link.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("wsgate_heartbeat_timeouts_total{peer=\"client\"}")),
+        Some("wsgate_heartbeat_timeouts_total{peer=\"client\"} 1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn answered_heartbeats_keep_a_quiet_link_open() {
+    let t0 = Instant::now();
+    let (mut link, _t) = start(HB, None);
+    for round in 1..=5u64 {
+        let (op, payload) = read_frame(&mut link.client).await.unwrap();
+        assert_eq!(op, opcode::PING);
+        assert_eq!(Instant::now() - t0, Duration::from_secs(30 * round));
+        link.client
+            .write_all(&encode(opcode::PONG, &payload, Some(MASK)))
+            .await
+            .unwrap();
+    }
+    assert!(!link.done.is_finished(), "the link was dropped");
+    // The gateway's pongs never reach the backend: the first thing it sees
+    // is the client's message.
+    link.client
+        .write_all(&encode(opcode::TEXT, b"still here", Some(MASK)))
+        .await
+        .unwrap();
+    let (op, p) = read_frame(&mut link.backend).await.unwrap();
+    assert_eq!((op, p.as_slice()), (opcode::TEXT, &b"still here"[..]));
+    let rtt = link
+        .metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with("wsgate_heartbeat_rtt_seconds_count{peer=\"client\"}"))
+        .map(str::to_string);
+    assert_eq!(
+        rtt.as_deref(),
+        Some("wsgate_heartbeat_rtt_seconds_count{peer=\"client\"} 5")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_handshake_passes_through_with_code_and_reason() {
+    let (mut link, _t) = start("", None);
+    link.client
+        .write_all(&encode(
+            opcode::CLOSE,
+            &close_payload(4000, "bye now"),
+            Some(MASK),
+        ))
+        .await
+        .unwrap();
+    let (code, reason, _) = read_close(&mut link.backend).await;
+    assert_eq!((code, reason.as_str()), (4000, "bye now"));
+    link.backend
+        .write_all(&encode(opcode::CLOSE, &close_payload(4000, "ok"), None))
+        .await
+        .unwrap();
+    let (code, reason, _) = read_close(&mut link.client).await;
+    assert_eq!((code, reason.as_str()), (4000, "ok"));
+    let (report, _) = link.done.await.unwrap();
+    assert_eq!(report.ending.code(), 4000);
+    assert_eq!(report.ending.initiator().label(), "client");
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_flow_both_ways_in_order() {
+    let (mut link, _t) = start("", None);
+    for i in 0..100 {
+        let m = format!("c{i}");
+        link.client
+            .write_all(&encode(opcode::TEXT, m.as_bytes(), Some(MASK)))
+            .await
+            .unwrap();
+        let (op, p) = read_frame(&mut link.backend).await.unwrap();
+        assert_eq!((op, p), (opcode::TEXT, m.into_bytes()));
+        let m = format!("b{i}");
+        link.backend
+            .write_all(&encode(opcode::BINARY, m.as_bytes(), None))
+            .await
+            .unwrap();
+        let (op, p) = read_frame(&mut link.client).await.unwrap();
+        assert_eq!((op, p), (opcode::BINARY, m.into_bytes()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_that_stops_reading_is_closed_as_slow_consumer() {
+    let extra = "[heartbeat]\nclient_interval = \"0s\"\nbackend_interval = \"0s\"\n\
+                 [limits]\nmax_buffered_bytes = 4096\nslow_consumer_timeout = \"30s\"\n";
+    let (link, _t) = start(extra, None);
+    // The backend sends far more than the client pipe and the relay's
+    // buffer hold; the client reads nothing.
+    let big = encode(opcode::BINARY, &vec![7u8; 8192], None);
+    let t0 = Instant::now();
+    let mut backend = link.backend;
+    let writer = tokio::spawn(async move {
+        for _ in 0..64 {
+            if backend.write_all(&big).await.is_err() {
+                break;
+            }
+        }
+        backend
+    });
+    // Writes stall once everything is full; the relay then waits
+    // slow_consumer_timeout and gives up on the client.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut backend = writer.await.unwrap();
+    let (code, reason, _) = read_close(&mut backend).await;
+    assert_eq!((code, reason.as_str()), (1001, "slow consumer"));
+    let (report, ended) = link.done.await.unwrap();
+    assert_eq!(report.ending.code(), 1008);
+    assert_eq!(report.ending.initiator().label(), "gateway");
+    // 30 s of blocking plus at most the 5 s close deadline, from the moment
+    // the pipes filled (within the first second).
+    let took = ended - t0;
+    assert!(
+        took >= Duration::from_secs(30) && took <= Duration::from_secs(36),
+        "{took:?}"
+    );
+    drop(link.client);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_token_closes_4001_and_tells_the_backend() {
+    let t0 = Instant::now();
+    let (mut link, _t) = start("", Some(t0 + Duration::from_secs(5)));
+    let (code, reason, at) = read_close(&mut link.client).await;
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    assert_eq!(at - t0, Duration::from_secs(5));
+    let (code, _, _) = read_close(&mut link.backend).await;
+    assert_eq!(code, 1001);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_sends_1001_to_both_sides_at_once() {
+    let t0 = Instant::now();
+    let (mut link, t) = start("", None);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    t.shutdown.cancel();
+    let (code, reason, at) = read_close(&mut link.client).await;
+    assert_eq!((code, reason.as_str()), (1001, "gateway shutting down"));
+    assert_eq!(at - t0, Duration::from_secs(3));
+    let (code, reason, _) = read_close(&mut link.backend).await;
+    assert_eq!((code, reason.as_str()), (1001, "gateway shutting down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_spreads_1012_closes_over_shutdown_grace() {
+    let mut cfg = config("");
+    cfg.server.shutdown_grace = wsgate::config::Dur(Duration::from_secs(20));
+    let policy = Arc::new(Policy::from_config(&cfg));
+    let shutdown = CancellationToken::new();
+    let backend_token = shutdown.child_token();
+    let mut links = Vec::new();
+    for _ in 0..20 {
+        let (link, _) = start_with(
+            policy.clone(),
+            None,
+            backend_token.child_token(),
+            shutdown.clone(),
+        );
+        links.push(link);
+    }
+    let t0 = Instant::now();
+    backend_token.cancel();
+    // Each link is read by its own task, so each close is timed when it
+    // arrives, not when the test gets round to it.
+    let readers: Vec<_> = links
+        .into_iter()
+        .map(|mut link| {
+            tokio::spawn(async move {
+                let (code, reason, at) = read_close(&mut link.client).await;
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (1012, "backend removed from service")
+                );
+                let (code, _, _) = read_close(&mut link.backend).await;
+                assert_eq!(code, 1001);
+                at
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for r in readers {
+        times.push(r.await.unwrap() - t0);
+    }
+    assert!(
+        times.iter().all(|t| *t <= Duration::from_secs(20)),
+        "{times:?}"
+    );
+    times.sort();
+    times.dedup();
+    assert!(times.len() >= 10, "closes were not spread: {times:?}");
+    assert!(
+        *times.last().unwrap() - times[0] >= Duration::from_secs(5),
+        "{times:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_that_vanishes_gets_its_client_a_1014() {
+    let (mut link, _t) = start("", None);
+    drop(link.backend);
+    let (code, reason, _) = read_close(&mut link.client).await;
+    assert_eq!((code, reason.as_str()), (1014, "backend went away"));
+    let (report, _) = link.done.await.unwrap();
+    assert_eq!(report.ending.code(), 1006);
+    assert_eq!(report.ending.initiator().label(), "backend");
+}
