@@ -85,6 +85,8 @@ pub struct Metrics {
     health_check_duration: HistogramVec,
     pub rate_limited: IntCounter,
     config_reloads: IntCounterVec,
+    /// Plain HTTP requests proxied.
+    pub http: HttpMetrics,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: handshakes and heartbeat RTTs on a
@@ -251,7 +253,9 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = registry.register(Box::new(pc));
         }
+        let http = HttpMetrics::new(&registry);
         Metrics {
+            http,
             client_to_backend: dir("client_to_backend"),
             backend_to_client: dir("backend_to_client"),
             client_heartbeat: hb("client"),
@@ -352,6 +356,78 @@ fn reg<M: prometheus::core::Collector + Clone + 'static>(
     r.register(Box::new(m.clone()))
         .expect("each metric is registered once");
     m
+}
+
+/// The class of an HTTP status (`code_class` label): a closed set.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Plain HTTP proxying: requests by route and status class, their duration
+/// (head received to body end) by route, and client connections that have
+/// carried a plain HTTP request and are still open.
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    pub connections_active: IntGauge,
+}
+
+impl HttpMetrics {
+    fn new(r: &Registry) -> HttpMetrics {
+        let requests = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "wsgate_http_requests_total",
+                    "Plain HTTP requests by route and status class",
+                ),
+                &["route", "code_class"],
+            ),
+        );
+        let duration = reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "wsgate_http_request_duration_seconds",
+                    "Plain HTTP requests, from request head to the response's last byte",
+                )
+                .buckets(
+                    LATENCY_BUCKETS
+                        .iter()
+                        .copied()
+                        .chain([30.0, 60.0, 300.0])
+                        .collect(),
+                ),
+                &["route"],
+            ),
+        );
+        let connections_active = reg(
+            r,
+            IntGauge::new(
+                "wsgate_http_connections_active",
+                "Open client connections that have carried plain HTTP requests",
+            ),
+        );
+        HttpMetrics {
+            requests,
+            duration,
+            connections_active,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, status: u16, secs: f64) {
+        self.requests
+            .with_label_values(&[route, code_class(status)])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(secs);
+    }
 }
 
 #[cfg(test)]

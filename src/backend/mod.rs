@@ -3,7 +3,8 @@
 //! - `health`: the rise/fall state per check and what routing concludes;
 //! - `checks`: the active HTTP and WebSocket checks that feed it;
 //! - `dial`: TCP, TLS for wss://, and the upgrade;
-//! - `http1`: the one hyper client exchange (dial, checks, forward auth).
+//! - `http1`: the one hyper client exchange (dial, checks, forward auth);
+//! - `pool`: the keep-alive client for plain HTTP requests.
 //!
 //! A `Backend` outlives config reloads that keep it (same name and
 //! endpoint), so its health and connection count carry over. Its weight is
@@ -15,9 +16,11 @@ pub mod checks;
 pub mod dial;
 pub mod health;
 pub mod http1;
+pub mod pool;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +37,8 @@ pub struct Backend {
     /// only if they are the same.
     tls_source: (String, bool),
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Plain HTTP requests, over pooled keep-alive connections.
+    pub http: pool::HttpClient,
     /// A short std mutex: updated by its health task and by passive
     /// failures, never held across `.await`.
     health: Mutex<Health>,
@@ -46,13 +51,18 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, root: &CancellationToken) -> Result<Backend, TlsError> {
+    pub fn new(
+        config: &BackendConfig,
+        connect_timeout: Duration,
+        root: &CancellationToken,
+    ) -> Result<Backend, TlsError> {
         let tls = if config.url.tls {
             Some(tls::client_config(config)?)
         } else {
             None
         };
         Ok(Backend {
+            http: pool::client(&config.url, tls.as_ref(), connect_timeout),
             name: config.name.clone(),
             url: config.url.clone(),
             tls_source: (config.ca.clone(), config.tls_insecure_skip_verify),

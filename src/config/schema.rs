@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// Largest request head (request line + headers) accepted; over it: 431.
     #[serde(default = "default_max_request_head_bytes")]
     pub max_request_head_bytes: usize,
+    /// Largest plain-HTTP request body proxied; over it: 413. 0 = no limit.
+    #[serde(default = "default_max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
     pub tls: Option<TlsConfig>,
 }
 
@@ -101,6 +104,15 @@ pub struct RoutingConfig {
     pub connect_timeout: Dur,
     #[serde(default = "default_connect_retries")]
     pub connect_retries: u32,
+    /// Plain HTTP: the backend's response head must arrive within this; else 504.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Dur,
+    /// Name of the affinity cookie the gateway issues; "" = no cookie.
+    #[serde(default = "default_affinity_cookie")]
+    pub affinity_cookie: String,
+    /// Secret signing the affinity cookie; "" = a random key per process.
+    #[serde(default)]
+    pub affinity_key: String,
 }
 
 impl Default for RoutingConfig {
@@ -111,6 +123,9 @@ impl Default for RoutingConfig {
             load_factor: 0.0,
             connect_timeout: default_connect_timeout(),
             connect_retries: default_connect_retries(),
+            response_timeout: default_response_timeout(),
+            affinity_cookie: default_affinity_cookie(),
+            affinity_key: String::new(),
         }
     }
 }
@@ -354,6 +369,16 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_connect_retries() -> u32 {
     1
+}
+fn default_response_timeout() -> Dur {
+    // Long-polling transports hold a request for up to ~25-60 s.
+    Dur::secs(60)
+}
+fn default_affinity_cookie() -> String {
+    "wsgate_affinity".into()
+}
+fn default_max_request_body_bytes() -> u64 {
+    10 << 20
 }
 fn default_weight() -> u32 {
     1

@@ -158,6 +158,24 @@ fn routing(r: &RoutingConfig) -> Check {
             "must be greater than 0",
         ));
     }
+    if r.response_timeout.is_zero() {
+        return Err(invalid(
+            "routing",
+            "response_timeout",
+            "must be greater than 0",
+        ));
+    }
+    if !r
+        .affinity_cookie
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    {
+        return Err(invalid(
+            "routing",
+            "affinity_cookie",
+            "letters, digits, '_' and '-' only",
+        ));
+    }
     Ok(())
 }
 

@@ -7,12 +7,20 @@ use hyper::{Method, Request, Version};
 
 use crate::conn::reject::Reject;
 
+/// Whether `req` asks for a WebSocket upgrade (valid or not); anything
+/// else is a plain HTTP request, proxied as such. An upgrade to another
+/// protocol (h2c) is plain HTTP too: its `Upgrade` header is not forwarded.
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    has_token(h, header::UPGRADE, "websocket") || h.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
 /// Checks that `req` is a valid WebSocket opening handshake
 /// (RFC 6455 section 4.2.1).
 pub fn check_upgrade<B>(req: &Request<B>) -> Result<(), Reject> {
     let h = req.headers();
     let upgrade_ws = has_token(h, header::UPGRADE, "websocket");
-    if !upgrade_ws && !h.contains_key(header::SEC_WEBSOCKET_KEY) {
+    if !wants_upgrade(req) {
         // A plain HTTP request (or an upgrade to something else) on the
         // WebSocket listener.
         return Err(Reject::UpgradeRequired);

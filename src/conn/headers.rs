@@ -38,7 +38,7 @@ pub fn upstream_path<B>(req: &Request<B>, admitted: &Admitted) -> String {
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones the gateway
-/// sets itself: never copied from the client.
+/// sets itself: never copied from the client (upgrades).
 const NOT_FORWARDED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -138,4 +138,77 @@ pub fn switching_protocols<B>(
         h.insert(header::SEC_WEBSOCKET_EXTENSIONS, e);
     }
     resp
+}
+
+/// Hop-by-hop headers of a plain HTTP message (RFC 9110 section 7.6.1),
+/// never passed on in either direction. `Trailer` is end to end and kept:
+/// hyper sends only the trailer fields it names. `Content-Length` is left
+/// kept: it is the body's length end to end (and a HEAD answer's).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    // hyper's server answers `Expect: 100-continue` itself, when the body
+    // is first read (that is, once the backend request streams it).
+    "expect",
+];
+
+/// Removes hop-by-hop headers, and the ones a `Connection` header names.
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// A plain HTTP request's headers for the backend: end-to-end headers as
+/// sent, `Host` as the client sent it, `X-Forwarded-*` as for upgrades,
+/// and `TE: trailers` when the client accepts trailers (so the backend may
+/// send them).
+pub fn proxy_request_headers(src: &HeaderMap, peer: IpAddr, tls: bool) -> HeaderMap {
+    let mut h = src.clone();
+    let te_trailers = src
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    remove_hop_by_hop(&mut h);
+    h.remove("x-forwarded-proto");
+    h.remove("x-forwarded-host");
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let peer_ip = peer.to_string();
+    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = src.get(header::HOST) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    h
 }

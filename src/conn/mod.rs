@@ -18,13 +18,14 @@
 
 pub mod handshake;
 pub mod headers;
+pub mod http;
 pub mod reject;
 pub mod serve;
 pub mod task;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,15 +67,22 @@ pub struct ConnCtx {
     pub precheck: Option<Reject>,
     /// Holds the connection's place under the caps while it lives.
     pub place: Arc<Place>,
+    /// Set once the connection carries a plain HTTP request.
+    pub http_conn: OnceLock<http::HttpConnMark>,
 }
 
-/// hyper's service function: every request on a client connection.
+/// hyper's service function: every request on a client connection. A
+/// WebSocket upgrade goes through the phases below; anything else is
+/// proxied as plain HTTP ([`http`]).
 pub async fn handle(
     mut req: Request<Incoming>,
     ctx: Arc<ConnCtx>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<http::Body>, Infallible> {
     let started = Instant::now();
     let snap = ctx.shared.snapshot.load_full();
+    if !handshake::wants_upgrade(&req) {
+        return Ok(http::proxy(req, &ctx, &snap, started).await);
+    }
     Ok(match upgrade(&mut req, &ctx, &snap, started).await {
         Ok(resp) => resp,
         Err(reject) => {
@@ -82,7 +90,8 @@ pub async fn handle(
             tracing::debug!(peer = %ctx.peer, status = reject.status().as_u16(), reason = %reject, "upgrade refused");
             reject.response()
         }
-    })
+    }
+    .map(http_body_util::Either::Left))
 }
 
 /// The phases before the 101, and the 101 itself.
@@ -151,7 +160,12 @@ async fn connect<B>(
     snap: &Snapshot,
     admitted: &Admitted,
 ) -> Result<Connected, Reject> {
-    let candidates = pick(snap, &admitted.client_id)?;
+    let mut candidates = pick(snap, &admitted.client_id)?;
+    if admitted.client_id == ctx.peer.ip().to_string() {
+        // No client ID: the affinity cookie (from the client's HTTP
+        // requests) keeps the upgrade on the same backend.
+        http::prefer_cookie(snap, req.headers(), &mut candidates);
+    }
     dial(req, ctx, snap, admitted, &candidates).await
 }
 
@@ -256,6 +270,7 @@ fn respond_101(
         tls: ctx.tls,
         precheck: None,
         place: ctx.place.clone(),
+        http_conn: OnceLock::new(),
     };
     let snap = snap.clone();
     ctx.shared.clone().tracker.spawn(async move {

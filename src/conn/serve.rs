@@ -50,6 +50,7 @@ pub async fn serve(
         tls,
         precheck: over.map(Into::into),
         place: Arc::new(place),
+        http_conn: std::sync::OnceLock::new(),
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -13,6 +13,7 @@
 //! - upgraded connections run in a `TaskTracker`, so shutdown can wait for
 //!   them after hyper has forgotten them at the 101.
 
+pub mod affinity;
 pub mod caps;
 pub mod snapshot;
 

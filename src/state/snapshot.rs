@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::config::Config;
 use crate::relay::Policy;
 use crate::routing::Ring;
+use crate::state::affinity::Affinity;
 use crate::tls::{self, TlsError};
 
 /// Why a snapshot could not be built from a config.
@@ -36,6 +37,8 @@ pub struct Snapshot {
     pub policy: Arc<Policy>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub auth: Auth,
+    /// The affinity cookie's name and backend tags.
+    pub affinity: Affinity,
 }
 
 impl Snapshot {
@@ -56,16 +59,17 @@ impl Snapshot {
                     .iter()
                     .find(|b| b.same_endpoint(bc) && !b.is_draining())
             });
-            let b =
-                match kept {
-                    Some(b) => b.clone(),
-                    None => Arc::new(Backend::new(bc, root).map_err(|source| {
-                        BuildError::BackendTls {
+            let b = match kept {
+                Some(b) => b.clone(),
+                None => Arc::new(
+                    Backend::new(bc, config.routing.connect_timeout.get(), root).map_err(
+                        |source| BuildError::BackendTls {
                             name: bc.name.clone(),
                             source: Box::new(source),
-                        }
-                    })?),
-                };
+                        },
+                    )?,
+                ),
+            };
             backends.push(b);
         }
         let ring = Ring::new(
@@ -85,6 +89,7 @@ impl Snapshot {
             ),
             policy: Arc::new(Policy::from_config(&config)),
             auth: Auth::new(&config.auth)?,
+            affinity: Affinity::new(&config),
             ring,
             tls,
             backends,
