@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the Rust workspace (gateway, bench, Rust
 # client), the deploy/ checks (promtool, systemd-analyze), the Prometheus
-# scrape test and the browser tests of the JavaScript client. Installs what
+# scrape test, the browser tests of the JavaScript client and the real
+# applications of tests/apps (npm and PyPI packages installed there). Installs what
 # the tests need (Debian packages prometheus and chromium, npm packages) when
 # missing. Usage: ./test.sh
 set -euo pipefail
@@ -29,5 +30,8 @@ cargo test --workspace -- --test-threads=2
 
 echo "== JavaScript client in headless Chromium"
 bash clients/js/run-tests.sh
+
+echo "== real applications behind wsgate (Socket.IO, SockJS, python-socketio, Chromium, SSE)"
+bash tests/apps/run-tests.sh
 
 echo "== all tests passed"
