@@ -8,9 +8,10 @@
 //! ```text
 //! gateway::listeners (accept, caps)
 //!   -> conn::serve (TLS, HTTP/1.1) -> conn::handle
+//!        plain HTTP: conn::http (route, pick, backend::pool) -> streamed response
 //!        admit:   conn::handshake (RFC 6455) -> auth::origin -> auth (jwt | forward)
 //!                 -> request (client ID)
-//!        pick:    routing (hash ring) over backend::health
+//!        pick:    state::routes (pool) -> routing (hash ring) over backend::health
 //!        dial:    backend::dial (TCP, TLS, upgrade via backend::http1)
 //!        101:     conn::headers; or first: the gateway's own 101 -> auth::first_message -> pick, dial
 //!        relay:   conn::task::Connection -> relay (peer, inbound, timers, ending)

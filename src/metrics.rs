@@ -3,8 +3,8 @@
 //!
 //! One `Metrics` per gateway instance (not a global), so tests that run
 //! several gateways in one process see their own counts. Every label value
-//! comes from an enum here or in `side`, or from a backend name of the
-//! config; never from a client ID or a path.
+//! comes from an enum here or in `side`, or from a backend or route name of
+//! the config; never from a client ID, a host or a path.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -127,6 +127,7 @@ async fn serve(
         }
         _ => Response::builder()
             .status(404)
+            .header("x-backend", name)
             .body(full(String::new()))
             .unwrap(),
     }
@@ -604,4 +605,106 @@ async fn one_access_log_line_per_http_request_without_the_query() {
     assert_eq!(f["backend"], "b1");
     assert!(f["duration_ms"].is_u64());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_with_ws_only_and_http_only_routes() {
+    let d = http_backend("d", None).await;
+    let a = http_backend("a", None).await;
+    let live = TestBackend::start("live").await;
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[health]\nhttp_path = \"\"\nws_path = \"\"\n\
+         [[routes]]\npath = \"/api\"\npool = \"api\"\nserve = \"http\"\n\
+         [[routes]]\npath = \"/live\"\npool = \"live\"\nserve = \"ws\"\n\
+         [[routes]]\nhost = \"*.example.com\"\npool = \"api\"\nname = \"sites\"\n\
+         [[backends]]\nname = \"d1\"\nurl = \"ws://{}\"\n\
+         [[backends]]\nname = \"a1\"\nurl = \"ws://{}\"\npool = \"api\"\n\
+         [[backends]]\nname = \"l1\"\nurl = \"ws://{}\"\npool = \"live\"\n",
+        d.addr, a.addr, live.addr
+    );
+    let g = gateway(&cfg).await;
+    let mut c = Conn::open(g.addr, lo()).await;
+    let on = |resp: &Response<()>| {
+        resp.headers()
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (resp, _) = c.get("/who", &[]).await;
+    assert_eq!(
+        on(&resp).as_deref(),
+        Some("d"),
+        "no route matches: default pool"
+    );
+    let (resp, _) = c.get("/api/users", &[]).await;
+    assert_eq!(on(&resp).as_deref(), Some("a"), "path prefix");
+    let (resp, _) = c.get("/apix", &[]).await;
+    assert_eq!(
+        on(&resp).as_deref(),
+        Some("d"),
+        "prefix at a segment boundary"
+    );
+    let mut sub = Conn::open(g.addr, lo()).await;
+    let req = Request::get("/who")
+        .header("host", "shop.example.com:8080")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        sub.send(req).await.headers()["x-backend"],
+        "a",
+        "host pattern"
+    );
+    // Plain HTTP on a WebSocket-only route: 426.
+    let (resp, _) = c.get("/live", &[]).await;
+    assert_eq!(resp.status(), 426);
+    // Upgrades: the ws route's pool; the HTTP-only route refuses (404).
+    let mut ws = connect(&g.url("/live")).await;
+    assert_eq!(next_msg(&mut ws).await.unwrap().to_text().unwrap(), "live");
+    let (status, _) = raw_request(g.addr, "/api/socket", "").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        metric(
+            g.admin,
+            "wsgate_http_requests_total{code_class=\"4xx\",route=\"live\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            g.admin,
+            "wsgate_http_requests_total{code_class=\"4xx\",route=\"api\"}"
+        )
+        .await,
+        1.0,
+        "the backend's 404 for /api/users, counted on the api route"
+    );
+}
+
+#[test]
+fn check_rejects_unknown_pools_and_duplicate_routes_with_key_and_line() {
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"d\"\nurl = \"ws://127.0.0.1:1\"\n";
+    let e = wsgate::Config::parse(&format!(
+        "{base}[[routes]]\npath = \"/x\"\npool = \"nope\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("routes") && e.contains("pool") && e.contains("line 8"),
+        "{e}"
+    );
+    let e = wsgate::Config::parse(&format!(
+        "{base}[[routes]]\npath = \"/x\"\n[[routes]]\npath = \"/x/\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("path") && e.contains("line 9") && e.contains("route 1"),
+        "{e}"
+    );
+    let e = wsgate::Config::parse(&format!(
+        "{base}[[backends]]\nname = \"o\"\nurl = \"ws://127.0.0.1:2\"\npool = \"orphan\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("orphan") && e.contains("line 9"), "{e}");
 }

@@ -16,9 +16,9 @@ use std::fmt;
 use std::path::Path;
 
 pub use schema::{
-    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig,
-    LimitsConfig, LogConfig, LogFormat, RejectWith, RouteOn, RoutingConfig, ServerConfig,
-    TlsConfig,
+    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, DEFAULT_POOL, HealthConfig,
+    HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, RouteConfig, RouteOn,
+    RoutingConfig, Serve, ServerConfig, TlsConfig,
 };
 pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
 pub use validate::MIN_REQUEST_HEAD_BYTES;

@@ -19,6 +19,9 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Host and path prefix -> pool. None: everything goes to the default pool.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -143,6 +146,49 @@ pub struct BackendConfig {
     /// wss:// only, for testing: accept any certificate. Never in production.
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+    /// The pool this backend belongs to; routes name pools.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+}
+
+/// What a route carries: WebSocket upgrades, plain HTTP, or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serve {
+    #[default]
+    Both,
+    Ws,
+    Http,
+}
+
+/// One `[[routes]]` entry: requests whose host and path match go to `pool`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The `route` label of the HTTP metrics and the access log; "" = the pool's name.
+    #[serde(default)]
+    pub name: String,
+    /// "" = any host; "app.example.com" exactly; "*.example.com" any subdomain.
+    #[serde(default)]
+    pub host: String,
+    /// Path prefix, matched at a segment boundary.
+    #[serde(default = "default_route_path")]
+    pub path: String,
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    #[serde(default)]
+    pub serve: Serve,
+}
+
+impl RouteConfig {
+    /// The route's metric label.
+    pub fn label(&self) -> &str {
+        if self.name.is_empty() {
+            &self.pool
+        } else {
+            &self.name
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -379,6 +425,14 @@ fn default_affinity_cookie() -> String {
 }
 fn default_max_request_body_bytes() -> u64 {
     10 << 20
+}
+/// The pool of backends without a `pool` key, and of requests no route matches.
+pub const DEFAULT_POOL: &str = "default";
+fn default_pool() -> String {
+    DEFAULT_POOL.into()
+}
+fn default_route_path() -> String {
+    "/".into()
 }
 fn default_weight() -> u32 {
     1

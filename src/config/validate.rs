@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use crate::config::schema::DEFAULT_POOL;
 use crate::config::schema::{
     AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig, LimitsConfig,
     RoutingConfig, ServerConfig,
@@ -41,6 +42,7 @@ type Check = Result<(), Invalid>;
 /// Every section; the first broken rule is reported.
 pub fn config(c: &Config) -> Check {
     backends(&c.backends)?;
+    routes(c)?;
     server(&c.server)?;
     routing(&c.routing)?;
     health(&c.health)?;
@@ -121,6 +123,102 @@ fn backends(list: &[BackendConfig]) -> Check {
                 "ca"
             };
             return Err(at(key, "only applies to a wss:// backend".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A label, pool or host name: letters, digits and `-_.`.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn routes(c: &Config) -> Check {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let at = |key: &'static str, message: String| Invalid {
+            section: "routes",
+            index: Some(i),
+            key,
+            message,
+        };
+        if !plain_name(&r.pool) || !c.backends.iter().any(|b| b.pool == r.pool) {
+            return Err(at(
+                "pool",
+                format!("no [[backends]] entry has pool = {:?}", r.pool),
+            ));
+        }
+        if !r.name.is_empty() && !plain_name(&r.name) {
+            return Err(at(
+                "name",
+                format!(
+                    "route name {:?}: letters, digits, '-', '_' and '.' only",
+                    r.name
+                ),
+            ));
+        }
+        let bare = r.host.strip_prefix("*.").unwrap_or(&r.host);
+        if !r.host.is_empty()
+            && (!plain_name(bare) || bare.contains(':') || r.host != r.host.to_ascii_lowercase())
+        {
+            return Err(at(
+                "host",
+                format!(
+                    "host {:?} must be \"\", a lower-case name, or \"*.\" and a name (no port)",
+                    r.host
+                ),
+            ));
+        }
+        if !r.path.starts_with('/') || r.path.contains(['?', '#', '*']) {
+            return Err(at(
+                "path",
+                format!(
+                    "path {:?} must be a prefix starting with '/' (no '?', '#' or '*')",
+                    r.path
+                ),
+            ));
+        }
+        // "/api" and "/api/" are the same prefix.
+        let path = if r.path.len() > 1 {
+            r.path.trim_end_matches('/')
+        } else {
+            "/"
+        };
+        let key = (r.host.clone(), path);
+        if let Some(j) = seen.iter().position(|k| *k == key) {
+            return Err(at(
+                "path",
+                format!(
+                    "same host and path as route {} ([[routes]] entry {}): one of them is never used",
+                    j + 1,
+                    j + 1
+                ),
+            ));
+        }
+        seen.push(key);
+    }
+    // An empty default pool is not an error: requests no route matches get 404.
+    for (i, b) in c.backends.iter().enumerate() {
+        if !plain_name(&b.pool) {
+            return Err(Invalid {
+                section: "backends",
+                index: Some(i),
+                key: "pool",
+                message: format!(
+                    "pool name {:?}: letters, digits, '-', '_' and '.' only",
+                    b.pool
+                ),
+            });
+        }
+        if b.pool != DEFAULT_POOL && !c.routes.iter().any(|r| r.pool == b.pool) {
+            return Err(Invalid {
+                section: "backends",
+                index: Some(i),
+                key: "pool",
+                message: format!("no [[routes]] entry sends requests to pool {:?}", b.pool),
+            });
         }
     }
     Ok(())

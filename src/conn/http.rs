@@ -1,5 +1,7 @@
 //! Plain HTTP requests (everything that is not a WebSocket upgrade),
-//! proxied to the default pool: the backend is picked like an upgrade's
+//! proxied to the pool of their route (`[[routes]]`, else the default
+//! pool; a WebSocket-only route answers 426, no route 404): the backend is
+//! picked like an upgrade's
 //! (client ID on the ring, else the affinity cookie, else the peer
 //! address), the request goes over that backend's keep-alive pool, and
 //! both bodies stream frame by frame (nothing is buffered whole, so long
@@ -25,19 +27,18 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::backend::pool::{BodySlot, UpstreamBody};
+use crate::config::Serve;
 use crate::conn::headers;
 use crate::conn::reject::Reject;
 use crate::conn::{ConnCtx, pick};
 use crate::metrics::Metrics;
 use crate::request;
 use crate::state::Snapshot;
+use crate::state::routes::Route;
 
 /// What the service answers: the gateway's own short bodies, or a
 /// backend's body streamed through.
 pub type Body = Either<Full<Bytes>, Downstream>;
-
-/// The route label of the default pool (the top-level `[[backends]]`).
-pub const DEFAULT_ROUTE: &str = "default";
 
 /// Why a plain HTTP request got the gateway's own answer.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +61,8 @@ impl HttpError {
             HttpError::Refused(Reject::BackendUnreachable(_)) | HttpError::Unreachable(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            // A plain request is not an upgrade: only the caps and "no
-            // backend" refusals reach here.
+            // A plain request is not an upgrade: only the caps, "no
+            // backend", "no route" and "WebSocket only" refusals reach here.
             HttpError::Refused(r) => r.status(),
             HttpError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::Method => StatusCode::METHOD_NOT_ALLOWED,
@@ -85,9 +86,6 @@ impl HttpError {
         };
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        // Reject's 426 extras concern upgrades only.
-        h.remove(header::UPGRADE);
-        h.remove(header::SEC_WEBSOCKET_VERSION);
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         resp
     }
@@ -116,7 +114,11 @@ pub async fn proxy(
         HttpConnMark(metrics.http.connections_active.clone())
     });
     let method = req.method().clone();
-    match forward(req, ctx, snap).await {
+    let route = route(snap, &req);
+    let label = route
+        .as_ref()
+        .map_or_else(|| Arc::from(NO_ROUTE), |r| r.label.clone());
+    match forward(req, ctx, snap, route).await {
         Ok((resp, backend)) => {
             let (mut parts, body) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
@@ -124,6 +126,7 @@ pub async fn proxy(
                 metrics: ctx.shared.metrics.clone(),
                 peer: ctx.peer,
                 method,
+                route: label,
                 status: parts.status.as_u16(),
                 backend: Some(backend),
                 started,
@@ -144,6 +147,7 @@ pub async fn proxy(
                 metrics: ctx.shared.metrics.clone(),
                 peer: ctx.peer,
                 method,
+                route: label,
                 status: resp.status().as_u16(),
                 backend: None,
                 started,
@@ -154,14 +158,33 @@ pub async fn proxy(
     }
 }
 
+/// The `route` label of requests no route matches (404).
+const NO_ROUTE: &str = "none";
+
+/// The route of a request (by `Host` and path); `None`: 404.
+pub(super) fn route<B>(snap: &Snapshot, req: &Request<B>) -> Option<Route> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host());
+    snap.routes.find(host, req.uri().path())
+}
+
 /// Picks, sends, retries on connect failures; the backend's response head.
 async fn forward(
     req: Request<Incoming>,
     ctx: &ConnCtx,
     snap: &Snapshot,
+    route: Option<Route>,
 ) -> Result<(Response<Incoming>, Arc<Backend>), HttpError> {
     if let Some(r) = &ctx.precheck {
         return Err(r.clone().into());
+    }
+    let route = route.ok_or(Reject::NoRoute)?;
+    if route.serve == Serve::Ws {
+        // SPEC: plain HTTP on a WebSocket-only route.
+        return Err(Reject::UpgradeRequired.into());
     }
     if req.method() == Method::CONNECT {
         // A reverse proxy is not a forward proxy.
@@ -180,9 +203,9 @@ async fn forward(
     let client_id = explicit
         .clone()
         .unwrap_or_else(|| ctx.peer.ip().to_string());
-    let mut candidates = pick(snap, &client_id)?;
+    let mut candidates = pick(snap, route.pool, &client_id)?;
     let cookie = if explicit.is_none() {
-        prefer_cookie(snap, req.headers(), &mut candidates)
+        prefer_cookie(snap, route.pool, req.headers(), &mut candidates)
     } else {
         None
     };
@@ -230,17 +253,21 @@ async fn forward(
     Err(HttpError::Unreachable(last_error))
 }
 
-/// Puts the backend a valid affinity cookie names first, while it is
-/// routable (its ring order follows as the failover). Returns the cookie's
-/// backend index, whether or not it could be honoured.
+/// Puts the backend a valid affinity cookie names first, while it is in
+/// the route's pool and routable (its ring order follows as the failover).
+/// Returns the cookie's backend index, whether or not it could be honoured.
 pub(super) fn prefer_cookie(
     snap: &Snapshot,
+    pool: usize,
     h: &HeaderMap,
     candidates: &mut Vec<Arc<Backend>>,
 ) -> Option<usize> {
     let i = snap.affinity.backend_of(h)?;
     let b = snap.backends.get(i)?;
-    if b.routable(&snap.config.health) && !b.is_draining() {
+    if snap.routes.pools[pool].members.contains(&i)
+        && b.routable(&snap.config.health)
+        && !b.is_draining()
+    {
         let max = candidates.len();
         candidates.retain(|c| !Arc::ptr_eq(c, b));
         candidates.insert(0, b.clone());
@@ -274,6 +301,7 @@ struct Finish {
     metrics: Arc<Metrics>,
     peer: SocketAddr,
     method: Method,
+    route: Arc<str>,
     status: u16,
     backend: Option<Arc<Backend>>,
     started: Instant,
@@ -284,12 +312,12 @@ impl Finish {
     /// and the request metrics.
     fn log(&self, bytes: u64) {
         let secs = self.started.elapsed().as_secs_f64();
-        self.metrics.http.request(DEFAULT_ROUTE, self.status, secs);
+        self.metrics.http.request(&self.route, self.status, secs);
         tracing::info!(
             target: "wsgate::access",
             peer = %self.peer,
             method = %self.method,
-            route = DEFAULT_ROUTE,
+            route = &*self.route,
             status = self.status,
             bytes,
             duration_ms = (secs * 1000.0) as u64,

@@ -41,6 +41,7 @@ use crate::auth::Admitted;
 use crate::auth::first_message::{self, FirstMessageError};
 use crate::backend::Backend;
 use crate::backend::dial::{self, Dialed, Upgraded};
+use crate::config::Serve;
 use crate::metrics::{ConnResult, Metrics};
 use crate::relay::ending::{Ending, Refusal, Toward};
 use crate::relay::{Relay, Session};
@@ -160,11 +161,14 @@ async fn connect<B>(
     snap: &Snapshot,
     admitted: &Admitted,
 ) -> Result<Connected, Reject> {
-    let mut candidates = pick(snap, &admitted.client_id)?;
+    let route = http::route(snap, req)
+        .filter(|r| r.serve != Serve::Http)
+        .ok_or(Reject::NoRoute)?;
+    let mut candidates = pick(snap, route.pool, &admitted.client_id)?;
     if admitted.client_id == ctx.peer.ip().to_string() {
         // No client ID: the affinity cookie (from the client's HTTP
         // requests) keeps the upgrade on the same backend.
-        http::prefer_cookie(snap, req.headers(), &mut candidates);
+        http::prefer_cookie(snap, route.pool, req.headers(), &mut candidates);
     }
     dial(req, ctx, snap, admitted, &candidates).await
 }
@@ -176,23 +180,22 @@ enum Connected {
     Refused(Response<Full<Bytes>>),
 }
 
-/// Phase 2: the backends to try, in ring order.
-fn pick(snap: &Snapshot, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
+/// Phase 2: the backends of `pool` to try, in ring order.
+fn pick(snap: &Snapshot, pool: usize, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
     let routing = &snap.config.routing;
-    let order = snap.ring.pick(
+    let pool = &snap.routes.pools[pool];
+    let backend = |i: usize| &snap.backends[pool.members[i]];
+    let order = pool.ring.pick(
         client_id,
         1 + routing.connect_retries as usize,
-        |i| snap.backends[i].routable(&snap.config.health),
-        |i| snap.backends[i].active(),
+        |i| backend(i).routable(&snap.config.health),
+        |i| backend(i).active(),
         routing.load_factor,
     );
     if order.is_empty() {
         return Err(Reject::NoBackend);
     }
-    Ok(order
-        .into_iter()
-        .map(|i| snap.backends[i].clone())
-        .collect())
+    Ok(order.into_iter().map(|i| backend(i).clone()).collect())
 }
 
 /// Phase 3: dial the candidates in order until one answers.

@@ -32,6 +32,8 @@ pub enum Reject {
     PerIpLimit,
     #[error("no healthy backend")]
     NoBackend,
+    #[error("no route for this host and path")]
+    NoRoute,
     #[error("backend unreachable: {0}")]
     BackendUnreachable(String),
 }
@@ -49,6 +51,7 @@ impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::UpgradeRequired | Reject::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Reject::Auth(AuthError::OriginForbidden) => StatusCode::FORBIDDEN,
             Reject::Auth(AuthError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
@@ -60,9 +63,10 @@ impl Reject {
 
     pub fn result(&self) -> ConnResult {
         match self {
-            Reject::BadRequest(_) | Reject::UpgradeRequired | Reject::UnsupportedVersion => {
-                ConnResult::BadRequest
-            }
+            Reject::BadRequest(_)
+            | Reject::UpgradeRequired
+            | Reject::UnsupportedVersion
+            | Reject::NoRoute => ConnResult::BadRequest,
             Reject::Auth(AuthError::OriginForbidden) => ConnResult::OriginRejected,
             Reject::Auth(AuthError::Unauthorized(_)) => ConnResult::AuthRejected,
             Reject::Overloaded | Reject::PerIpLimit => ConnResult::Overloaded,

@@ -15,6 +15,7 @@
 
 pub mod affinity;
 pub mod caps;
+pub mod routes;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

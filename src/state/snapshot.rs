@@ -1,5 +1,5 @@
 //! Everything built from one config, immutable once published: the
-//! backends, their ring, the Origin policy, auth, the relay's policy and the
+//! backends, their pools and routes, the Origin policy, auth, the relay's policy and the
 //! TLS acceptor. Built completely (and so validated: files read, keys
 //! parsed) before anyone sees it; a connection keeps the snapshot it
 //! started with.
@@ -12,8 +12,8 @@ use crate::auth::{Auth, AuthSetupError, OriginPolicy};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::relay::Policy;
-use crate::routing::Ring;
 use crate::state::affinity::Affinity;
+use crate::state::routes::Routes;
 use crate::tls::{self, TlsError};
 
 /// Why a snapshot could not be built from a config.
@@ -30,9 +30,10 @@ pub enum BuildError {
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// In the order of `config.backends`: index i here is index i there and
-    /// on the ring.
+    /// in the pools' member lists.
     pub backends: Vec<Arc<Backend>>,
-    pub ring: Ring,
+    /// The pools (each with its ring over its members) and the routes to them.
+    pub routes: Routes,
     pub origins: OriginPolicy,
     pub policy: Arc<Policy>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -72,10 +73,7 @@ impl Snapshot {
             };
             backends.push(b);
         }
-        let ring = Ring::new(
-            config.backends.iter().map(|b| (b.name.as_str(), b.weight)),
-            config.routing.vnodes,
-        );
+        let routes = Routes::new(&config);
         let tls = match &config.server.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
                 tls::server_config(t).map_err(|e| BuildError::Tls(Box::new(e)))?,
@@ -90,7 +88,7 @@ impl Snapshot {
             policy: Arc::new(Policy::from_config(&config)),
             auth: Auth::new(&config.auth)?,
             affinity: Affinity::new(&config),
-            ring,
+            routes,
             tls,
             backends,
             config: Arc::new(config),
