@@ -136,11 +136,14 @@ http {
   fastcgi_temp_path $d/tmp/fastcgi;
   uwsgi_temp_path $d/tmp/uwsgi;
   scgi_temp_path $d/tmp/scgi;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  # Plain HTTP: no Connection header upstream, so the keepalive pool below is used
+  # (nginx's documented setup for upstream keep-alive).
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   upstream echo {
     hash \$arg_client_id consistent;
     server 127.0.0.1:$ECHO1;
     server 127.0.0.1:$ECHO2;
+    keepalive 64;
   }
   server {
     listen 127.0.0.1:$NGINX_PORT backlog=4096;
@@ -369,6 +372,16 @@ run_round() { # round
   for t in $ACTIVE; do
     run_load "$t" handshakes "$r" -- handshakes $(urls_of "$t") $(pid_args "$t") \
       --concurrency 32 --duration "${DURATION}s"
+  done
+  # Plain HTTP over keep-alive connections: a small GET and a 64 KiB response.
+  local path name
+  for path in / /64k; do
+    name=http_small
+    [[ $path == /64k ]] && name=http_64k
+    for t in $ACTIVE; do
+      run_load "$t" "$name" "$r" -- http $(urls_of "$t") $(pid_args "$t") \
+        --conns 64 --path "$path" --duration "${DURATION}s" --warmup "${WARMUP}s"
+    done
   done
 }
 

@@ -154,6 +154,12 @@ def compare(results, meta, out_path):
                  res("handshakes_per_s"), "high", False))
     rows.append(("proxy CPU per handshake (µs)", "handshakes",
                  res("proxy_cpu_us_per_handshake"), "low", True))
+    for t, lab in [("http_small", "small GET"), ("http_64k", "64 KiB GET")]:
+        rows.append((f"HTTP keep-alive, {lab} (requests/s, 64 conns)", t,
+                     res("requests_per_s"), "high", False))
+        rows.append((f"HTTP keep-alive, {lab}: latency p99 (µs)", t, res("p99_us"), "low", False))
+        rows.append((f"proxy CPU per HTTP request, {lab} (µs)", t,
+                     res("proxy_cpu_us_per_request"), "low", True))
 
     def values(test, target, ext):
         recs = by.get((test, target), [])

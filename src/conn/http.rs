@@ -212,7 +212,7 @@ async fn forward(
 
     let (parts, body) = req.into_parts();
     let slot = BodySlot::new(body);
-    let head = headers::proxy_request_headers(&parts.headers, ctx.peer.ip(), ctx.tls);
+    let mut head = headers::proxy_request_headers(&parts.headers, ctx.peer.ip(), ctx.tls);
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let timeout = routing.response_timeout.get();
     let mut last_error = String::new();
@@ -229,6 +229,12 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
+        if !head.contains_key(header::HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 backends need one.
+            if let Ok(v) = HeaderValue::from_str(&backend.url.authority()) {
+                head.insert(header::HOST, v);
+            }
+        }
         *up.headers_mut() = head.clone();
         match tokio::time::timeout(timeout, backend.http.request(up)).await {
             Ok(Ok(mut resp)) => {

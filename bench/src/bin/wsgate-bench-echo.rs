@@ -3,8 +3,9 @@
 //! After the HTTP upgrade it works on raw frames: data frames (text, binary,
 //! continuation) are echoed with their opcode and FIN bit, pings are answered with
 //! pongs, a close is answered with the same close payload and then the TCP connection
-//! is closed (server closes first, RFC 6455 section 7.1.1). A plain HTTP request gets
-//! `200 ok` so HTTP health checks pass. It never validates UTF-8 and never compresses.
+//! is closed (server closes first, RFC 6455 section 7.1.1). Plain HTTP requests are
+//! served with keep-alive: `GET /64k` gets 65536 bytes, anything else `ok\n` (so HTTP
+//! health checks pass). It never validates UTF-8 and never compresses.
 
 use std::io;
 use std::net::SocketAddr;
@@ -76,6 +77,42 @@ async fn accept_loop(listener: TcpListener) {
     }
 }
 
+/// The 64 KiB body of `GET /64k`.
+static BODY_64K: [u8; 65536] = [b'x'; 65536];
+
+/// Plain HTTP/1.1 with keep-alive: each request head (bodies are not expected) gets
+/// its answer, until the client closes or asks for `Connection: close`.
+async fn serve_http(mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
+    loop {
+        let end = loop {
+            if let Some(e) = head_end(&buf) {
+                break e;
+            }
+            if buf.len() > MAX_HEAD_BYTES || read_more(&mut s, &mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/");
+        let body: &[u8] = if path == "/64k" { &BODY_64K } else { b"ok\n" };
+        let close =
+            header_value(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        let mut out = Vec::with_capacity(resp.len() + body.len());
+        out.extend_from_slice(resp.as_bytes());
+        out.extend_from_slice(body);
+        s.write_all(&out).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
 async fn serve(mut s: TcpStream) -> io::Result<()> {
     s.set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF_INITIAL);
@@ -90,9 +127,7 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
     };
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let Some(key) = header_value(&head, "sec-websocket-key") else {
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
-            .await?;
-        return Ok(());
+        return serve_http(s, buf).await;
     };
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

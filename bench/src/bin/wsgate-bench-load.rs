@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `throughput` (pipelined echo), `latency` (fixed aggregate rate,
 //! timestamps in the payload), `idle` (hold many quiet connections, answer pings,
-//! verify at the end) and `handshakes` (connect, echo once, close, repeat).
+//! verify at the end), `handshakes` (connect, echo once, close, repeat) and `http`
+//! (plain HTTP/1.1 GETs on keep-alive connections, one request at a time each).
 //! Every result is one JSON object on stdout; progress goes to stderr. Client frames
 //! are always masked (RFC 6455 section 5.3); pings from the server are answered.
 
@@ -19,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use wsgate_bench::{
-    CLOCK_TICKS_PER_SEC, SourceAddrs, WsUrl, apply_mask, mask_key, opcode, parse_header,
-    put_header, put_masked_frame, self_cpu_ticks, total_cpu_ticks, ws_connect,
+    CLOCK_TICKS_PER_SEC, MAX_HEAD_BYTES, SourceAddrs, WsUrl, apply_mask, connect_from, head_end,
+    header_value, mask_key, opcode, parse_header, put_header, put_masked_frame, self_cpu_ticks,
+    total_cpu_ticks, ws_connect,
 };
 
 /// How long one connect + upgrade may take.
@@ -109,6 +111,21 @@ enum Cmd {
         /// How long each connection waits for the pong to its verification ping.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         verify_timeout: Duration,
+    },
+    /// Plain HTTP GETs of --path over --conns keep-alive connections, each
+    /// sending its next request when the previous response has fully arrived.
+    Http {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 64)]
+        conns: usize,
+        /// Request path (the bench echo backend answers /64k with 65536 bytes).
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        warmup: Duration,
     },
     /// Connect, one echo, close handshake, repeat, from --concurrency clients.
     Handshakes {
@@ -250,6 +267,13 @@ fn main() {
                 duration,
                 size,
             } => handshakes(Ctx::new(&common)?, concurrency, duration, size).await,
+            Cmd::Http {
+                common,
+                conns,
+                path,
+                duration,
+                warmup,
+            } => http(Ctx::new(&common)?, conns, path, duration, warmup).await,
         }
     });
     match result {
@@ -1039,5 +1063,154 @@ async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::other("close handshake incomplete"))
+    }
+}
+
+/// Keep-alive HTTP: `conns` connections, one GET in flight each.
+async fn http(
+    ctx: Arc<Ctx>,
+    conns: usize,
+    path: String,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<serde_json::Value, String> {
+    let warmup = warmup.min(duration / 2);
+    let start = Instant::now();
+    let warm_at = start + warmup;
+    let deadline = start + duration;
+    let window = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let n = ctx.next_id();
+        let url = ctx.urls[n as usize % ctx.urls.len()].clone();
+        let src = ctx.spread.then(|| ctx.src.next());
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", url.host).into_bytes();
+        let (w, b, e, fe) = (
+            window.clone(),
+            bytes.clone(),
+            errors.clone(),
+            first_error.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_hist();
+            let r = async {
+                let mut s = tokio::time::timeout(CONNECT_TIMEOUT, connect_from(url.addr, src))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect"))??;
+                let mut buf = Vec::with_capacity(80 * 1024);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.write_all(&req).await?;
+                    let n = read_response(&mut s, &mut buf).await?;
+                    if t >= warm_at {
+                        w.fetch_add(1, Ordering::Relaxed);
+                        b.fetch_add(n as u64, Ordering::Relaxed);
+                        let _ = hist.record(t.elapsed().as_nanos() as u64);
+                    }
+                }
+                io::Result::Ok(())
+            }
+            .await;
+            if let Err(err) = r {
+                e.fetch_add(1, Ordering::Relaxed);
+                fe.lock().unwrap().get_or_insert(err.to_string());
+            }
+            hist
+        }));
+    }
+    tokio::time::sleep_until(warm_at).await;
+    let cpu = CpuWindow::start(&ctx.pids);
+    tokio::time::sleep_until(deadline).await;
+    let (proxy_cpu, self_cpu) = cpu.stop();
+    let measured = (deadline - warm_at).as_secs_f64();
+    let mut hist = new_hist();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            hist.add(&h).map_err(|e| e.to_string())?;
+        }
+    }
+    let n = window.load(Ordering::Relaxed);
+    let mut v = json!({
+        "mode": "http",
+        "conns": conns,
+        "path": path,
+        "seconds": measured,
+        "requests": n,
+        "requests_per_s": n as f64 / measured,
+        "body_mb_per_s": bytes.load(Ordering::Relaxed) as f64 / measured / 1e6,
+        "p50_us": hist.value_at_quantile(0.5) as f64 / 1e3,
+        "p99_us": hist.value_at_quantile(0.99) as f64 / 1e3,
+        "errors": errors.load(Ordering::Relaxed),
+        "loadgen_cpu_s": self_cpu,
+    });
+    if !ctx.pids.is_empty() && n > 0 {
+        v["proxy_cpu_s"] = json!(proxy_cpu);
+        v["proxy_cpu_us_per_request"] = json!(proxy_cpu * 1e6 / n as f64);
+    }
+    if let Some(e) = first_error.lock().unwrap().take() {
+        v["first_error"] = json!(e);
+    }
+    if n == 0 {
+        return Err(format!("no request completed: {v}"));
+    }
+    Ok(v)
+}
+
+/// Reads one response (head, then a Content-Length or chunked body) from `s`,
+/// keeping bytes past it in `buf`. Returns the body length.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
+    let end = loop {
+        if let Some(e) = head_end(buf) {
+            break e;
+        }
+        if buf.len() > MAX_HEAD_BYTES || read_some(s, buf).await? == 0 {
+            return Err(bad("connection closed before a response head"));
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head not UTF-8"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(bad(head.lines().next().unwrap_or("")));
+    }
+    if let Some(len) = header_value(head, "content-length") {
+        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
+        while buf.len() < end + len {
+            if read_some(s, buf).await? == 0 {
+                return Err(bad("connection closed in a body"));
+            }
+        }
+        buf.drain(..end + len);
+        return Ok(len);
+    }
+    // Chunked: sizes in hex, each chunk followed by CRLF, ending with 0 CRLF CRLF.
+    let mut pos = end;
+    let mut total = 0;
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf[pos..].windows(2).position(|w| w == b"\r\n") {
+                break pos + i;
+            }
+            if read_some(s, buf).await? == 0 {
+                return Err(bad("connection closed in a chunk size"));
+            }
+        };
+        let size_text = std::str::from_utf8(&buf[pos..line_end]).map_err(|_| bad("chunk size"))?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad("chunk size"))?;
+        let need = line_end + 2 + size + 2;
+        while buf.len() < need {
+            if read_some(s, buf).await? == 0 {
+                return Err(bad("connection closed in a chunk"));
+            }
+        }
+        total += size;
+        pos = need;
+        if size == 0 {
+            buf.drain(..pos);
+            return Ok(total);
+        }
     }
 }
