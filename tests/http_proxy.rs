@@ -708,3 +708,36 @@ fn check_rejects_unknown_pools_and_duplicate_routes_with_key_and_line() {
     .to_string();
     assert!(e.contains("orphan") && e.contains("line 9"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_routes_and_open_connections_stay() {
+    use common::named::{echo_ok, greeting};
+    let d = TestBackend::start("d").await;
+    let live = TestBackend::start("live").await;
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [health]\nhttp_path = \"\"\nws_path = \"\"\n\
+         [[backends]]\nname = \"d1\"\nurl = \"ws://{}\"\n",
+        d.addr
+    );
+    let g = gateway(&base).await;
+    let mut before = connect(&g.url("/live")).await;
+    assert_eq!(
+        greeting(&mut before).await,
+        "d",
+        "no routes: the default pool"
+    );
+    let with_route = format!(
+        "{base}[[backends]]\nname = \"l1\"\nurl = \"ws://{}\"\npool = \"live\"\n\
+         [[routes]]\npath = \"/live\"\npool = \"live\"\nserve = \"ws\"\n",
+        live.addr
+    );
+    g.gw.reload(wsgate::Config::parse(&with_route).unwrap())
+        .expect("reload applies");
+    let mut after = connect(&g.url("/live")).await;
+    assert_eq!(greeting(&mut after).await, "live", "the new route");
+    // The connection opened before the reload is still relayed where it was.
+    echo_ok(&mut before, "d", "still here").await;
+    let (status, _) = raw_request(g.addr, "/", "").await;
+    assert_eq!(status, 101, "other paths still reach the default pool");
+}
