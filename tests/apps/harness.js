@@ -142,3 +142,88 @@ export async function startBrowser() {
   };
   return { context, close };
 }
+
+/** A port nothing listens on now (nginx cannot listen on port 0 and tell). */
+async function freePort() {
+  const { createServer } = await import('node:net');
+  const s = createServer();
+  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address();
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/**
+ * nginx in front of `ports`, configured as Socket.IO's documentation says
+ * (sticky by the full client address, WebSocket headers, no buffering for
+ * event streams): the reference the same tests are held to.
+ */
+export class Nginx {
+  constructor(ports) {
+    this.ports = ports;
+    this.dir = mkdtempSync(join(tmpdir(), 'wsgate-apps-nginx-'));
+  }
+  async start() {
+    this.port = await freePort();
+    const d = this.dir;
+    const servers = this.ports.map((p) => `    server 127.0.0.1:${p};`).join('\n');
+    const conf = `worker_processes 1;
+daemon off;
+master_process off;
+pid ${d}/nginx.pid;
+error_log ${d}/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${d}/body;
+  proxy_temp_path ${d}/proxy;
+  fastcgi_temp_path ${d}/fastcgi;
+  uwsgi_temp_path ${d}/uwsgi;
+  scgi_temp_path ${d}/scgi;
+  upstream app {
+    hash $remote_addr consistent;
+${servers}
+  }
+  server {
+    listen 127.0.0.1:${this.port};
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }
+  }
+}
+`;
+    writeFileSync(join(d, 'nginx.conf'), conf);
+    this.child = start(process.env.NGINX ?? 'nginx', ['-p', d, '-c', join(d, 'nginx.conf')]);
+    this.host = `127.0.0.1:${this.port}`;
+    this.url = `http://${this.host}`;
+    await waitFor(
+      () =>
+        fetch(`${this.url}/healthz`)
+          .then((r) => r.ok)
+          .catch(() => {
+            if (this.child.exitCode !== null) throw new Error(`nginx exited: ${this.child.stderrText}`);
+            return false;
+          }),
+      'nginx listening',
+      15000,
+    );
+    return this;
+  }
+  async stop() {
+    await stop(this.child);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** The front the tests run through: FRONT=nginx, else wsgate. */
+export const FRONT = process.env.FRONT === 'nginx' ? 'nginx' : 'wsgate';
+
+export function startFront(ports) {
+  return FRONT === 'nginx' ? new Nginx(ports).start() : new Gateway(ports).start();
+}

@@ -4,14 +4,14 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { App, Gateway } from './harness.js';
+import { App, startFront } from './harness.js';
 
 const py = join(import.meta.dirname, '.venv', 'bin', 'python');
 let apps, gateway;
 
 before(async () => {
   apps = await Promise.all(['one', 'two'].map((n) => new App(py, ['pyapp.py', n]).start()));
-  gateway = await new Gateway(apps.map((a) => a.port)).start();
+  gateway = await startFront(apps.map((a) => a.port));
 });
 
 after(async () => {

@@ -2,7 +2,9 @@
 # Real applications behind wsgate: Socket.IO 4 (Node), SockJS, an HTML page +
 # JSON API + WebSocket app in headless Chromium, server-sent events, and
 # python-socketio on uvicorn; each with two backend instances.
-# Installs what it needs: Debian's chromium, the npm packages (into
+# The same tests run through wsgate, then through nginx configured as
+# Socket.IO's docs say (the reference behaviour).
+# Installs what it needs: Debian's chromium and nginx, the npm packages (into
 # node_modules here) and the Python packages (into .venv here), both
 # git-ignored; builds the gateway binary when missing.
 #   WSGATE_BIN=path   use this gateway binary instead of target/{debug,release}/wsgate
@@ -16,6 +18,13 @@ if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   echo "== installing chromium (Debian package)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if ! command -v nginx >/dev/null 2>&1; then
+  echo "== installing nginx (Debian package)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
 fi
 
 if [ ! -d node_modules/socket.io ] || [ ! -d node_modules/sockjs-client ] || [ ! -d node_modules/playwright-core ]; then
@@ -38,5 +47,7 @@ if [ -z "${WSGATE_BIN:-}" ] && [ ! -x "$root/target/debug/wsgate" ] && [ ! -x "$
   (cd "$root" && cargo build -p wsgate)
 fi
 
-echo "== node --test (tests/apps)"
-exec node --test --test-concurrency=1 --test-timeout=120000 node.test.js python.test.js
+echo "== node --test (tests/apps, through wsgate)"
+node --test --test-concurrency=1 --test-timeout=120000 node.test.js python.test.js
+echo "== node --test (tests/apps, the same through nginx)"
+FRONT=nginx node --test --test-concurrency=1 --test-timeout=120000 node.test.js python.test.js
