@@ -3,6 +3,7 @@
 #
 #   bench/compare.sh [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
 #                    [--targets "direct nginx haproxy wsgate"] [--no-build] [--keep]
+#                    [--only http]   (only the keep-alive HTTP tests; RESULTS.md untouched)
 #   bench/compare.sh scale [--quick] [--conns N] [--hold SECS]
 #                    [--client-interval 1s] [--backend-interval 30s]
 #
@@ -19,7 +20,7 @@ CMDLINE="bench/$(basename "$0") $*"
 MODE=compare
 if [[ ${1:-} == scale ]]; then MODE=scale; shift; fi
 
-QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0
+QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0 ONLY=
 SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=30s
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -30,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --targets) TARGETS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
+    --only) ONLY=$2; shift ;;
     --conns) SCALE_CONNS=$2; shift ;;
     --hold) SCALE_HOLD=$2; shift ;;
     --client-interval) CLIENT_INTERVAL=$2; shift ;;
@@ -359,6 +361,22 @@ run_load() { # target test round -- load args...
 # shellcheck disable=SC2046
 run_round() { # round
   local r=$1 t size
+  [[ $ONLY == http ]] || run_ws_round "$r"
+  # Plain HTTP over keep-alive connections: a small GET and a 64 KiB response.
+  local path name
+  for path in / /64k; do
+    name=http_small
+    [[ $path == /64k ]] && name=http_64k
+    for t in $ACTIVE; do
+      run_load "$t" "$name" "$r" -- http $(urls_of "$t") $(pid_args "$t") \
+        --conns 64 --path "$path" --duration "${DURATION}s" --warmup "${WARMUP}s"
+    done
+  done
+}
+
+# shellcheck disable=SC2046
+run_ws_round() { # round
+  local r=$1 t size
   for size in 64 4096 65536; do
     for t in $ACTIVE; do
       run_load "$t" "throughput_$size" "$r" -- throughput $(urls_of "$t") $(pid_args "$t") \
@@ -372,16 +390,6 @@ run_round() { # round
   for t in $ACTIVE; do
     run_load "$t" handshakes "$r" -- handshakes $(urls_of "$t") $(pid_args "$t") \
       --concurrency 32 --duration "${DURATION}s"
-  done
-  # Plain HTTP over keep-alive connections: a small GET and a 64 KiB response.
-  local path name
-  for path in / /64k; do
-    name=http_small
-    [[ $path == /64k ]] && name=http_64k
-    for t in $ACTIVE; do
-      run_load "$t" "$name" "$r" -- http $(urls_of "$t") $(pid_args "$t") \
-        --conns 64 --path "$path" --duration "${DURATION}s" --warmup "${WARMUP}s"
-    done
   done
 }
 
@@ -450,7 +458,9 @@ compare_main() {
   local busy0 t0=$SECONDS
   busy0=$(machine_busy_ticks)
   # Memory first, on fresh processes, so earlier traffic does not hide growth.
-  for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD"; done
+  if [[ $ONLY != http ]]; then
+    for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD"; done
+  fi
   local r
   for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r/$ROUNDS"
@@ -460,6 +470,11 @@ compare_main() {
   FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
   log "other processes used $FOREIGN of the machine's CPU during the measurements"
   machine_info >"$WORK/meta.tsv"
+  if [[ $ONLY == http ]]; then
+    cp "$RESULTS" "$BENCH_DIR/results/compare-http-last.jsonl"
+    cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-http-last.meta.tsv"
+    return
+  fi
   cp "$RESULTS" "$BENCH_DIR/results/compare-last.jsonl"
   cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-last.meta.tsv"
   python3 "$BENCH_DIR/report.py" compare "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"

@@ -39,6 +39,9 @@ pub struct Backend {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Plain HTTP requests, over pooled keep-alive connections.
     pub http: pool::HttpClient,
+    /// `host:port` of the URL, for plain HTTP request URIs (the pool's key),
+    /// parsed once.
+    pub http_authority: Option<hyper::http::uri::Authority>,
     /// A short std mutex: updated by its health task and by passive
     /// failures, never held across `.await`.
     health: Mutex<Health>,
@@ -63,6 +66,7 @@ impl Backend {
         };
         Ok(Backend {
             http: pool::client(&config.url, tls.as_ref(), connect_timeout),
+            http_authority: config.url.authority().parse().ok(),
             name: config.name.clone(),
             url: config.url.clone(),
             tls_source: (config.ca.clone(), config.tls_insecure_skip_verify),

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
@@ -213,18 +214,11 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let slot = BodySlot::new(body);
     let mut head = headers::proxy_request_headers(&parts.headers, ctx.peer.ip(), ctx.tls);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let timeout = routing.response_timeout.get();
     let mut last_error = String::new();
-    for backend in &candidates {
-        let uri: Uri = format!(
-            "http://{}{}{}",
-            backend.url.authority(),
-            backend.url.prefix,
-            path
-        )
-        .parse()
-        .map_err(|_| HttpError::Unreachable(format!("{}: invalid target", backend.name)))?;
+    for (attempt, backend) in candidates.iter().enumerate() {
+        let uri = upstream_uri(backend, &parts.uri)
+            .ok_or_else(|| HttpError::Unreachable(format!("{}: invalid target", backend.name)))?;
         let mut up = Request::new(UpstreamBody::new(slot.clone(), limit));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
@@ -235,7 +229,12 @@ async fn forward(
                 head.insert(header::HOST, v);
             }
         }
-        *up.headers_mut() = head.clone();
+        // The last candidate takes the headers; earlier ones copy them.
+        *up.headers_mut() = if attempt + 1 == candidates.len() {
+            std::mem::take(&mut head)
+        } else {
+            head.clone()
+        };
         match tokio::time::timeout(timeout, backend.http.request(up)).await {
             Ok(Ok(mut resp)) => {
                 if explicit.is_none() {
@@ -257,6 +256,23 @@ async fn forward(
         }
     }
     Err(HttpError::Unreachable(last_error))
+}
+
+/// `http://host:port/prefix/path?query` for `backend` (the scheme and
+/// authority only key its pool: its connector knows where to dial).
+fn upstream_uri(backend: &Backend, client: &Uri) -> Option<Uri> {
+    let pq = client.path_and_query().map_or("/", |p| p.as_str());
+    let path = if backend.url.prefix.is_empty() {
+        client.path_and_query().cloned()
+    } else {
+        format!("{}{pq}", backend.url.prefix).parse().ok()
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(backend.http_authority.clone()?)
+        .path_and_query(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
+        .build()
+        .ok()
 }
 
 /// Puts the backend a valid affinity cookie names first, while it is in

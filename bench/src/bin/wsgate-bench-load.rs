@@ -1082,33 +1082,44 @@ async fn http(
     let bytes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let reconnects = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let n = ctx.next_id();
         let url = ctx.urls[n as usize % ctx.urls.len()].clone();
         let src = ctx.spread.then(|| ctx.src.next());
         let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", url.host).into_bytes();
-        let (w, b, e, fe) = (
+        let (w, b, e, fe, r2) = (
             window.clone(),
             bytes.clone(),
             errors.clone(),
             first_error.clone(),
+            reconnects.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut hist = new_hist();
             let r = async {
-                let mut s = tokio::time::timeout(CONNECT_TIMEOUT, connect_from(url.addr, src))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect"))??;
+                let open = || async {
+                    tokio::time::timeout(CONNECT_TIMEOUT, connect_from(url.addr, src))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect"))?
+                };
+                let mut s = open().await?;
                 let mut buf = Vec::with_capacity(80 * 1024);
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     s.write_all(&req).await?;
-                    let n = read_response(&mut s, &mut buf).await?;
+                    let (n, close) = read_response(&mut s, &mut buf).await?;
                     if t >= warm_at {
                         w.fetch_add(1, Ordering::Relaxed);
                         b.fetch_add(n as u64, Ordering::Relaxed);
                         let _ = hist.record(t.elapsed().as_nanos() as u64);
+                    }
+                    if close {
+                        // The server ends keep-alive (nginx: keepalive_requests 1000).
+                        r2.fetch_add(1, Ordering::Relaxed);
+                        buf.clear();
+                        s = open().await?;
                     }
                 }
                 io::Result::Ok(())
@@ -1144,6 +1155,7 @@ async fn http(
         "p50_us": hist.value_at_quantile(0.5) as f64 / 1e3,
         "p99_us": hist.value_at_quantile(0.99) as f64 / 1e3,
         "errors": errors.load(Ordering::Relaxed),
+        "reconnects": reconnects.load(Ordering::Relaxed),
         "loadgen_cpu_s": self_cpu,
     });
     if !ctx.pids.is_empty() && n > 0 {
@@ -1160,8 +1172,9 @@ async fn http(
 }
 
 /// Reads one response (head, then a Content-Length or chunked body) from `s`,
-/// keeping bytes past it in `buf`. Returns the body length.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// keeping bytes past it in `buf`. Returns the body length, and whether the
+/// server closes the connection after it.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(usize, bool)> {
     let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
     let end = loop {
         if let Some(e) = head_end(buf) {
@@ -1175,6 +1188,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize
     if !head.starts_with("HTTP/1.1 200") {
         return Err(bad(head.lines().next().unwrap_or("")));
     }
+    let close = header_value(head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     if let Some(len) = header_value(head, "content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
         while buf.len() < end + len {
@@ -1183,7 +1197,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize
             }
         }
         buf.drain(..end + len);
-        return Ok(len);
+        return Ok((len, close));
     }
     // Chunked: sizes in hex, each chunk followed by CRLF, ending with 0 CRLF CRLF.
     let mut pos = end;
@@ -1210,7 +1224,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize
         pos = need;
         if size == 0 {
             buf.drain(..pos);
-            return Ok(total);
+            return Ok((total, close));
         }
     }
 }
