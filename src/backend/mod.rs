@@ -20,6 +20,7 @@ pub mod pool;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -37,8 +38,11 @@ pub struct Backend {
     /// only if they are the same.
     tls_source: (String, bool),
     tls: Option<Arc<rustls::ClientConfig>>,
-    /// Plain HTTP requests, over pooled keep-alive connections.
-    pub http: pool::HttpClient,
+    /// Plain HTTP requests, over pooled keep-alive connections: one pool
+    /// per shard thread, so a request and the backend connection it uses
+    /// run on the same runtime (no cross-thread wake-ups per request).
+    http: Mutex<Vec<(ThreadId, pool::HttpClient)>>,
+    connect_timeout: Duration,
     /// `host:port` of the URL, for plain HTTP request URIs (the pool's key),
     /// parsed once.
     pub http_authority: Option<hyper::http::uri::Authority>,
@@ -65,7 +69,8 @@ impl Backend {
             None
         };
         Ok(Backend {
-            http: pool::client(&config.url, tls.as_ref(), connect_timeout),
+            http: Mutex::new(Vec::new()),
+            connect_timeout,
             http_authority: config.url.authority().parse().ok(),
             name: config.name.clone(),
             url: config.url.clone(),
@@ -88,6 +93,19 @@ impl Backend {
 
     pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
         self.tls.as_ref()
+    }
+
+    /// This thread's keep-alive client for plain HTTP requests (built on
+    /// first use; a handful of shard threads, so a short list).
+    pub fn http_client(&self) -> pool::HttpClient {
+        let me = std::thread::current().id();
+        let mut clients = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == me) {
+            return c.clone();
+        }
+        let c = pool::client(&self.url, self.tls.as_ref(), self.connect_timeout);
+        clients.push((me, c.clone()));
+        c
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {

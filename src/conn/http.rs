@@ -235,7 +235,7 @@ async fn forward(
         } else {
             head.clone()
         };
-        match tokio::time::timeout(timeout, backend.http.request(up)).await {
+        match tokio::time::timeout(timeout, backend.http_client().request(up)).await {
             Ok(Ok(mut resp)) => {
                 if explicit.is_none() {
                     set_affinity(snap, backend, cookie, ctx.tls, resp.headers_mut());
