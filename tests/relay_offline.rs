@@ -6,6 +6,8 @@
 //! Each test plays both peers with raw frames: the client side writes masked
 //! frames and reads unmasked ones, the backend side the other way round.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,32 +90,9 @@ fn start_with(
     )
 }
 
-/// A data or control frame as a peer would write it.
+/// A whole single-frame message or control frame, as a peer writes it.
 fn encode(op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![0x80 | op];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n < 65536 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let at = out.len();
-    if let Some(k) = mask {
-        out.extend_from_slice(&k);
-    }
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(k) = mask {
-        frame::apply_mask(&mut out[start..], k, 0);
-    }
-    debug_assert!(at <= start);
-    out
+    common::encode_frame(true, 0, op, payload, mask)
 }
 
 fn close_payload(code: u16, reason: &str) -> Vec<u8> {
