@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -75,14 +75,28 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let snap = ctx.shared.snapshot.load_full();
-    Ok(match upgrade(&mut req, &ctx, &snap, started).await {
+    let mut resp = match upgrade(&mut req, &ctx, &snap, started).await {
         Ok(resp) => resp,
         Err(reject) => {
             ctx.shared.metrics.connection(reject.result());
             tracing::debug!(peer = %ctx.peer, status = reject.status().as_u16(), reason = %reject, "upgrade refused");
             reject.response()
         }
-    })
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        refusal_closes(&mut resp);
+    }
+    Ok(resp)
+}
+
+/// Every answer but a 101 is a refusal (the gateway's own or a backend's
+/// status passed through): it says `Connection: close`, which also makes
+/// hyper close the connection once it is written. A refused client has no
+/// business on this connection, and its place under the caps is given back
+/// only when the connection ends (SPEC, Hardening rules).
+fn refusal_closes(resp: &mut Response<Full<Bytes>>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// The phases before the 101, and the 101 itself.
