@@ -116,7 +116,11 @@ impl Inbound {
     /// peer's FIN. `buf` is the carry followed by new bytes, as for
     /// [`Inbound::process`]. True at the header of a close frame. A header
     /// that does not parse ends the scan for good: the rest is dropped and
-    /// the close deadline ends the link.
+    /// the close deadline ends the link. After a violation by this sender
+    /// the stream may be out of step (the rest of that read was dropped);
+    /// a misread then at worst ends the link early, once the gateway has
+    /// written all it owes that peer, as RFC 6455 allows toward a peer that
+    /// broke the protocol.
     pub fn scan_for_close(&mut self, buf: &[u8]) -> bool {
         let mut r = 0;
         while r < buf.len() {
