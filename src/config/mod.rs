@@ -48,6 +48,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An error blamed on `section.key` (of the `index`th array entry) of
+    /// `text`, with that key's line: for problems found after parsing, such
+    /// as a file the key names that cannot be read.
+    pub fn at(
+        text: &str,
+        section: &'static str,
+        index: Option<usize>,
+        key: &'static str,
+        message: String,
+    ) -> ConfigError {
+        from_invalid(
+            text,
+            validate::Invalid {
+                section,
+                index,
+                key,
+                message,
+            },
+        )
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -57,6 +80,16 @@ impl Config {
             message: format!("cannot read {}: {e}", path.display()),
         })?;
         Config::parse(&text)
+    }
+
+    /// Reads a config file, returning its text too (for [`ConfigError::at`]).
+    pub fn load_text(path: &Path) -> Result<(Config, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: None,
+            key: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Ok((Config::parse(&text)?, text))
     }
 
     /// Parses and validates config text.
@@ -81,10 +114,14 @@ fn from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
 
 /// A broken rule, with the line of the key it blames.
 fn from_invalid(text: &str, inv: validate::Invalid) -> ConfigError {
-    let mut path = Vec::with_capacity(3);
-    if !inv.section.is_empty() {
-        path.push(Seg::Key(inv.section));
-    }
+    let mut path = Vec::with_capacity(4);
+    // A nested section ("server.tls") is one table per dotted part.
+    path.extend(
+        inv.section
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(Seg::Key),
+    );
     if let Some(i) = inv.index {
         path.push(Seg::Index(i));
     }

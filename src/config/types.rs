@@ -156,6 +156,15 @@ impl BackendUrl {
         if path.contains('?') || path.contains('#') {
             return Err(format!("{s:?} must not have a query or fragment"));
         }
+        // The path goes into every upgrade's request line as is: anything
+        // that is not a valid request target would fail there, per request.
+        if !path.bytes().all(|b| b.is_ascii_graphic())
+            || (!path.is_empty() && hyper::http::uri::PathAndQuery::try_from(path).is_err())
+        {
+            return Err(format!(
+                "{s:?} has a path that is not a valid request target: use visible ASCII only (percent-encode spaces and non-ASCII)"
+            ));
+        }
         let uri: hyper::http::uri::Authority = authority
             .parse()
             .map_err(|_| format!("{s:?} has no valid host[:port]"))?;
