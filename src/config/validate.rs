@@ -104,7 +104,9 @@ fn server(s: &ServerConfig) -> Check {
         // entry with a path, query or fragment could never match.
         if let Some((_, rest)) = o.split_once("://") {
             let rest = rest.trim_end_matches('/');
-            if rest.is_empty() || rest.contains(['/', '?', '#']) || !is_request_target(rest, false)
+            if rest.is_empty()
+                || rest.contains(['/', '?', '#'])
+                || !rest.bytes().all(|b| b.is_ascii_graphic())
             {
                 return Err(invalid(
                     "server",
