@@ -3,6 +3,8 @@
 //! /readyz 503), `ws_send`/`ws_expect`, and the check-duration histogram;
 //! a misconfigured `ws_path` (non-101 answer) that must not cause an
 //! outage, panic mode, and `ws_subprotocol` answers. Every wait is bounded.
+// The upgrade callbacks' error type is tungstenite's.
+#![allow(clippy::result_large_err)]
 
 mod common;
 
