@@ -436,3 +436,72 @@ async fn ws_subprotocol_a_101_without_one_passes_one_not_offered_fails() {
     }
     assert_eq!(backend_entry(g.admin, "b3").await["checks"]["ws"], "down");
 }
+
+/// The misconfigured check's warning, through the real binary's log: it
+/// names the path and the status, and is logged when the state starts, not
+/// on every check.
+#[tokio::test]
+async fn the_misconfigured_warning_names_path_and_status_once() {
+    use tokio::io::AsyncBufReadExt;
+    let b = ws_only_at("/ws").await;
+    let dir = std::env::temp_dir().join(format!("wsgate-health-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nformat = \"json\"\n{}\n[[backends]]\nname = \"b1\"\nurl = \"ws://{b}\"\n",
+            health("http_path = \"\"\nws_path = \"/\"")
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("run")
+        .arg("-c")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wsgate");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin: SocketAddr = tokio::time::timeout(WAIT, async {
+        loop {
+            let line = out.next_line().await.unwrap().expect("wsgate exited");
+            if let Some(a) = line.strip_prefix("wsgate admin on http://") {
+                return a.trim().parse().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("admin address announced");
+    // Five checks at 200 ms: one warning, not five.
+    checks_ran(admin, "b1", "ws", 5.0).await;
+    let _ = child.start_kill();
+    let mut warnings = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = err.next_line().await {
+            if line.contains("misconfigured") {
+                warnings.push(line);
+            }
+        }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let w: serde_json::Value = serde_json::from_str(&warnings[0]).unwrap();
+    assert_eq!(w["level"], "WARN", "{w}");
+    let f = &w["fields"];
+    assert_eq!(
+        (&f["backend"], &f["ws_path"], &f["status"]),
+        (
+            &serde_json::json!("b1"),
+            &serde_json::json!("/"),
+            &serde_json::json!(404)
+        ),
+        "{w}"
+    );
+}
