@@ -44,7 +44,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 
 /// Answers one admin request. `loopback`: whether the listener is bound to
 /// a loopback address (state changes without a token are allowed there).
-pub fn route<B>(shared: &Shared, loopback: bool, req: &Request<B>) -> Response<Full<Bytes>> {
+fn route<B>(shared: &Shared, loopback: bool, req: &Request<B>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if let Some(refused) = access(req, loopback, &shared.snapshot.load()) {
         return refused;

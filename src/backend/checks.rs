@@ -234,3 +234,20 @@ async fn exchange(ws: &mut WebSocketStream<crate::tls::Stream>, cfg: &HealthConf
     .await;
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_101_may_select_no_subprotocol_or_one_offered() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(subprotocol_ok("chat", None));
+        assert!(subprotocol_ok("", None));
+        assert!(subprotocol_ok("chat", Some(&v("chat"))));
+        assert!(subprotocol_ok("chat, superchat", Some(&v("superchat"))));
+        assert!(!subprotocol_ok("chat", Some(&v("other"))));
+        assert!(!subprotocol_ok("", Some(&v("chat"))), "none offered");
+        assert!(!subprotocol_ok("chat", Some(&v(""))));
+    }
+}

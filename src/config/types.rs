@@ -158,9 +158,7 @@ impl BackendUrl {
         }
         // The path goes into every upgrade's request line as is: anything
         // that is not a valid request target would fail there, per request.
-        if !path.bytes().all(|b| b.is_ascii_graphic())
-            || (!path.is_empty() && hyper::http::uri::PathAndQuery::try_from(path).is_err())
-        {
+        if !super::validate::is_request_target(path, false) {
             return Err(format!(
                 "{s:?} has a path that is not a valid request target: use visible ASCII only (percent-encode spaces and non-ASCII)"
             ));

@@ -24,7 +24,7 @@ const MAX_APP_PONG: usize = 125;
 /// visible ASCII only (no space, control or non-ASCII byte, which would
 /// make the request line unparseable or fail `http::Uri`), no fragment,
 /// and what `http` accepts as a path and query. `query` allows a `?`.
-pub fn is_request_target(p: &str, query: bool) -> bool {
+pub(super) fn is_request_target(p: &str, query: bool) -> bool {
     p.bytes().all(|b| b.is_ascii_graphic())
         && !p.contains('#')
         && (query || !p.contains('?'))
