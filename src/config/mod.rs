@@ -362,6 +362,13 @@ mod load_time_rules {
             "admin.protect_metrics",
             7,
         );
+        // Found by tests/proptest_config.rs: 4294967295 retries sized a
+        // Vec of 32 GiB per upgrade (an abort, not even a panic).
+        refused(
+            "[routing]\nconnect_retries = 4294967295\n",
+            "routing.connect_retries",
+            7,
+        );
         refused(
             "[health]\npanic_threshold = 1.5\n",
             "health.panic_threshold",

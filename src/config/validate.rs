@@ -20,6 +20,10 @@ const MAX_APP_PING: usize = 125;
 /// gateway's pre-built control-size frames do not have.
 const MAX_APP_PONG: usize = 125;
 
+/// Retries past the number of backends try nothing new; a bound keeps a
+/// typo (or 4294967295) from sizing anything by it.
+const MAX_CONNECT_RETRIES: u32 = 100;
+
 /// Whether `p` can be sent as (the start of) an HTTP/1.1 request target:
 /// visible ASCII only (no space, control or non-ASCII byte, which would
 /// make the request line unparseable or fail `http::Uri`), no fragment,
@@ -214,6 +218,16 @@ fn routing(r: &RoutingConfig) -> Check {
             format!(
                 "{} must be 0 (off) or greater than 1 (e.g. 1.25)",
                 r.load_factor
+            ),
+        ));
+    }
+    if r.connect_retries > MAX_CONNECT_RETRIES {
+        return Err(invalid(
+            "routing",
+            "connect_retries",
+            format!(
+                "{} must be at most {MAX_CONNECT_RETRIES} (each retry tries one more backend)",
+                r.connect_retries
             ),
         ));
     }
