@@ -39,6 +39,31 @@ impl ConnResult {
     }
 }
 
+/// The codes RFC 6455 and IANA define (1000-1015), each its own label.
+const RFC_CODE_LABELS: [&str; 16] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015",
+];
+
+/// The `code` label of `wsgate_closes_total`, from a closed set (SPEC,
+/// Hardening rules): a peer picks its close code, so a label per code would
+/// let any client add thousands of series to every Prometheus that scrapes
+/// the gateway. The codes of the SPEC are kept as numbers, the other
+/// registered and private ranges are bucketed. A static string: no
+/// allocation per close.
+pub fn close_code_label(code: u16) -> &'static str {
+    use crate::ws::close::code as c;
+    match code {
+        1000..=1015 => RFC_CODE_LABELS[usize::from(code - 1000)],
+        c::AUTH_FAILED => "4001",
+        c::AUTH_TIMEOUT => "4008",
+        c::RATE_LIMITED => "4029",
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    }
+}
+
 /// Which health check a backend gauge is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -301,7 +326,7 @@ impl Metrics {
 
     pub fn close(&self, initiator: Initiator, code: u16) {
         self.closes_total
-            .with_label_values(&[initiator.label(), &code.to_string()])
+            .with_label_values(&[initiator.label(), close_code_label(code)])
             .inc();
     }
 
@@ -433,6 +458,33 @@ impl HttpMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_code_labels_are_a_closed_set() {
+        for code in 1000..=1015u16 {
+            assert_eq!(close_code_label(code), code.to_string());
+        }
+        for (code, label) in [
+            (4001, "4001"),
+            (4008, "4008"),
+            (4029, "4029"),
+            (3000, "3xxx"),
+            (3999, "3xxx"),
+            (4000, "4xxx"),
+            (4002, "4xxx"),
+            (4999, "4xxx"),
+            (0, "other"),
+            (999, "other"),
+            (1016, "other"),
+            (2999, "other"),
+            (5000, "other"),
+            (u16::MAX, "other"),
+        ] {
+            assert_eq!(close_code_label(code), label, "code {code}");
+        }
+        let all: std::collections::HashSet<_> = (0..=u16::MAX).map(close_code_label).collect();
+        assert_eq!(all.len(), 16 + 3 + 3, "{all:?}");
+    }
 
     #[test]
     fn renders_spec_names() {

@@ -682,6 +682,11 @@ async fn raw_backend(evil: Vec<u8>) -> (SocketAddr, mpsc::Receiver<BackendClose>
 /// The backend sends `evil` after the client's first message: the backend
 /// must get `code`, the client 1014, and nothing of `evil` reaches the client.
 async fn backend_violation(extra: &str, evil: Vec<u8>, code: u16) {
+    backend_violation_to(extra, evil, code, 1014).await;
+}
+
+/// As [`backend_violation`], with the code the client gets.
+async fn backend_violation_to(extra: &str, evil: Vec<u8>, code: u16, client_code: u16) {
     let (b, mut closes) = raw_backend(evil.clone()).await;
     let g = gateway(&config_for(&[b], extra)).await;
     let mut client = raw_upgrade(g.addr, "/", "").await;
@@ -692,7 +697,7 @@ async fn backend_violation(extra: &str, evil: Vec<u8>, code: u16) {
     };
     assert_eq!(
         u16::from_be_bytes([p[0], p[1]]),
-        1014,
+        client_code,
         "client close for backend {evil:02x?}"
     );
     let backend = tokio::time::timeout(WAIT, closes.recv())
@@ -726,8 +731,16 @@ async fn backend_invalid_utf8_is_1007() {
 
 #[tokio::test]
 async fn backend_message_over_max_message_bytes_is_1009() {
+    // 1009 both ways (SPEC, Hardening rules): a 1014 would make the client
+    // reconnect into the same oversized message.
     let extra = "[limits]\nmax_message_bytes = 1024\n";
-    backend_violation(extra, encode_frame(true, 0, 0x2, &[1; 2000], None), 1009).await;
+    backend_violation_to(
+        extra,
+        encode_frame(true, 0, 0x2, &[1; 2000], None),
+        1009,
+        1009,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -6,11 +6,13 @@
 //! Each test plays both peers with raw frames: the client side writes masked
 //! frames and reads unmasked ones, the backend side the other way round.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsgate::config::Config;
@@ -88,32 +90,9 @@ fn start_with(
     )
 }
 
-/// A data or control frame as a peer would write it.
+/// A whole single-frame message or control frame, as a peer writes it.
 fn encode(op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![0x80 | op];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n < 65536 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let at = out.len();
-    if let Some(k) = mask {
-        out.extend_from_slice(&k);
-    }
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(k) = mask {
-        frame::apply_mask(&mut out[start..], k, 0);
-    }
-    debug_assert!(at <= start);
-    out
+    common::encode_frame(true, 0, op, payload, mask)
 }
 
 fn close_payload(code: u16, reason: &str) -> Vec<u8> {
@@ -123,7 +102,7 @@ fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// Reads one whole frame: (opcode, unmasked payload). `None` at EOF.
-async fn read_frame(io: &mut DuplexStream) -> Option<(u8, Vec<u8>)> {
+async fn read_frame<R: AsyncRead + Unpin>(io: &mut R) -> Option<(u8, Vec<u8>)> {
     let mut buf = Vec::new();
     loop {
         if let Ok(Some(h)) = frame::parse_header(&buf) {
@@ -151,7 +130,7 @@ async fn read_frame(io: &mut DuplexStream) -> Option<(u8, Vec<u8>)> {
 }
 
 /// Reads frames until a close frame: its (code, reason) and when it came.
-async fn read_close(io: &mut DuplexStream) -> (u16, String, Instant) {
+async fn read_close<R: AsyncRead + Unpin>(io: &mut R) -> (u16, String, Instant) {
     loop {
         let (op, p) = read_frame(io).await.expect("a close frame before EOF");
         if op == opcode::CLOSE {
@@ -399,4 +378,143 @@ async fn backend_that_vanishes_gets_its_client_a_1014() {
     let (report, _) = link.done.await.unwrap();
     assert_eq!(report.ending.code(), 1006);
     assert_eq!(report.ending.initiator().label(), "backend");
+}
+
+// --- issue 13: hardening ---
+
+/// Heartbeats off, so nothing but the behaviour under test can end a link.
+const NO_HB: &str = "[heartbeat]\nclient_interval = \"0s\"\nbackend_interval = \"0s\"\n";
+
+#[tokio::test(start_paused = true)]
+async fn oversized_message_from_backend_closes_both_sides_1009() {
+    let (mut link, _t) = start("[limits]\nmax_message_bytes = 1024\n", None);
+    link.backend
+        .write_all(&encode(opcode::BINARY, &[1u8; 1025], None))
+        .await
+        .unwrap();
+    let (code, reason, _) = read_close(&mut link.client).await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+    let (code, reason, _) = read_close(&mut link.backend).await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+    let (report, _) = link.done.await.unwrap();
+    assert_eq!(report.ending.code(), 1009);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_message_from_client_closes_both_sides_1009() {
+    let (mut link, _t) = start("[limits]\nmax_message_bytes = 1024\n", None);
+    link.client
+        .write_all(&encode(opcode::TEXT, &[b'a'; 1025], Some(MASK)))
+        .await
+        .unwrap();
+    let (code, _, _) = read_close(&mut link.client).await;
+    assert_eq!(code, 1009);
+    let (code, _, _) = read_close(&mut link.backend).await;
+    assert_eq!(code, 1009);
+}
+
+/// A client that stops reading fills its pipe and the relay's spill toward
+/// it; then it dies. The relay's next write toward it fails. Nothing reads
+/// from a gone peer, so only the failed write can tell the relay: the
+/// backend must hear "client went away" at once, not at a heartbeat
+/// timeout (off here) or never.
+#[tokio::test(start_paused = true)]
+async fn failed_write_to_a_dead_client_tells_the_backend_at_once() {
+    let extra = format!("{NO_HB}[limits]\nslow_consumer_timeout = \"1h\"\n");
+    let (link, _t) = start(&extra, None);
+    let Link {
+        client,
+        backend,
+        done,
+        metrics,
+    } = link;
+    let (mut backend_rx, mut backend_tx) = tokio::io::split(backend);
+    let big = encode(opcode::BINARY, &vec![7u8; 8192], None);
+    let writer = tokio::spawn(async move {
+        // Far more than the client pipe and the relay's spill hold; the
+        // writes stall once both are full (until the relay discards).
+        for _ in 0..64 {
+            if backend_tx.write_all(&big).await.is_err() {
+                break;
+            }
+        }
+        backend_tx
+    });
+    // Let the pipes fill: the relay now waits to write toward the client.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!done.is_finished());
+    let t0 = Instant::now();
+    drop(client);
+    let (code, reason, at) =
+        tokio::time::timeout(Duration::from_secs(60), read_close(&mut backend_rx))
+            .await
+            .expect("the backend was never told its client is gone");
+    assert_eq!((code, reason.as_str()), (1001, "client went away"));
+    assert_eq!(at - t0, Duration::ZERO, "told late");
+    let backend_tx = writer.await.unwrap();
+    // The backend answers its close: the relay ends, the client counted as
+    // the one that vanished.
+    let mut backend = backend_rx.unsplit(backend_tx);
+    backend
+        .write_all(&encode(opcode::CLOSE, &close_payload(1001, ""), None))
+        .await
+        .unwrap();
+    let (report, _) = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("relay did not end")
+        .unwrap();
+    assert_eq!(report.ending.code(), 1006);
+    assert_eq!(report.ending.initiator().label(), "client");
+    assert!(
+        metrics
+            .render()
+            .contains("wsgate_closes_total{code=\"1006\",initiator=\"client\"} 1"),
+        "{}",
+        metrics.render()
+    );
+}
+
+/// On shutdown both peers answer the gateway's 1001 at once but keep their
+/// sockets open (no EOF ever). Both close frames have passed each way, so
+/// the relay ends then, not at the 5 s close deadline.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_once_both_peers_answer_without_waiting_for_eof() {
+    let (mut link, t) = start(NO_HB, None);
+    // Mid-stream traffic first, so the parser has state when discarding starts.
+    link.client
+        .write_all(&encode(opcode::TEXT, b"hello", Some(MASK)))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut link.backend).await.unwrap().1, b"hello");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    t.shutdown.cancel();
+    let (code, _, _) = read_close(&mut link.client).await;
+    assert_eq!(code, 1001);
+    let (code, _, _) = read_close(&mut link.backend).await;
+    assert_eq!(code, 1001);
+    // Data the peers sent before they saw the close is dropped unread; the
+    // close frames behind it (split over writes) still count.
+    link.client
+        .write_all(&encode(opcode::BINARY, &[9u8; 300], Some(MASK)))
+        .await
+        .unwrap();
+    let answer = encode(opcode::CLOSE, &close_payload(1001, ""), Some(MASK));
+    link.client.write_all(&answer[..3]).await.unwrap();
+    tokio::task::yield_now().await;
+    link.client.write_all(&answer[3..]).await.unwrap();
+    link.backend
+        .write_all(&encode(opcode::CLOSE, &close_payload(1001, ""), None))
+        .await
+        .unwrap();
+    let (report, ended) = tokio::time::timeout(Duration::from_secs(60), link.done)
+        .await
+        .expect("relay did not end")
+        .unwrap();
+    assert_eq!(ended - t0, Duration::ZERO, "waited for EOF");
+    assert_eq!(report.ending.code(), 1001);
+    // The relay dropped both sockets: the peers see EOF.
+    let mut rest = Vec::new();
+    link.client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
 }

@@ -15,15 +15,8 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// RFC 6455 section 5.2 opcodes.
-pub mod opcode {
-    pub const CONTINUATION: u8 = 0x0;
-    pub const TEXT: u8 = 0x1;
-    pub const BINARY: u8 = 0x2;
-    pub const CLOSE: u8 = 0x8;
-    pub const PING: u8 = 0x9;
-    pub const PONG: u8 = 0xA;
-}
+/// RFC 6455 section 5.2 opcodes: wsgate's own.
+pub use wsgate::ws::frame::opcode;
 
 /// Largest request/response head we accept during the opening handshake.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wsgate::ws::frame::{self, ClosePayload, Utf8Validator, parse_close, parse_header};
+use wsgate::ws::close::{ClosePayload, parse_close};
+use wsgate::ws::frame::{self, parse_header};
+use wsgate::ws::utf8::Utf8Validator;
 
 fuzz_target!(|data: &[u8]| {
     // parse_header: a parsed header lies within the input and every shorter

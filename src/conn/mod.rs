@@ -32,7 +32,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -84,15 +84,29 @@ pub async fn handle(
     if !handshake::wants_upgrade(&req) {
         return Ok(http::proxy(req, &ctx, &snap, started).await);
     }
-    Ok(match upgrade(&mut req, &ctx, &snap, started).await {
+    let mut resp = match upgrade(&mut req, &ctx, &snap, started).await {
         Ok(resp) => resp,
         Err(reject) => {
             ctx.shared.metrics.connection(reject.result());
             tracing::debug!(peer = %ctx.peer, status = reject.status().as_u16(), reason = %reject, "upgrade refused");
             reject.response()
         }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        refusal_closes(&mut resp);
     }
-    .map(http_body_util::Either::Left))
+    Ok(resp.map(http_body_util::Either::Left))
+}
+
+/// Every answer but a 101 is a refusal (the gateway's own or a backend's
+/// status passed through): it says `Connection: close`, which also makes
+/// hyper close the connection once it is written. A refused client has no
+/// business on this connection, and its place under the caps is given back
+/// only when the connection ends (SPEC, Hardening rules). (Plain HTTP
+/// answers are not refusals: `http` marks only its own.)
+fn refusal_closes(resp: &mut Response<Full<Bytes>>) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// The phases before the 101, and the 101 itself.
@@ -183,12 +197,13 @@ enum Connected {
 /// Phase 2: the backends of `pool` to try, in ring order.
 fn pick(snap: &Snapshot, pool: usize, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
     let routing = &snap.config.routing;
+    let panic = snap.panic_mode();
     let pool = &snap.routes.pools[pool];
     let backend = |i: usize| &snap.backends[pool.members[i]];
     let order = pool.ring.pick(
         client_id,
         1 + routing.connect_retries as usize,
-        |i| backend(i).routable(&snap.config.health),
+        |i| backend(i).routable_in(&snap.config.health, panic),
         |i| backend(i).active(),
         routing.load_factor,
     );

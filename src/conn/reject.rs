@@ -84,7 +84,8 @@ impl Reject {
     }
 
     /// The HTTP answer: the status, the reason as text, and the headers
-    /// RFC 6455 and RFC 9110 ask for with it.
+    /// RFC 6455 and RFC 9110 ask for with it. `Connection: close` is added
+    /// by `conn::handle` to every non-101 answer, this one included.
     pub fn response(&self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
         *resp.status_mut() = self.status();

@@ -58,6 +58,10 @@ pub async fn serve(
         .header_read_timeout(handshake_timeout)
         // hyper answers 431 when the head does not fit (config keeps it >= 8 KiB).
         .max_buf_size(snap.config.server.max_request_head_bytes)
+        // Not turned off here: hyper would then add `close` to the 101's
+        // `Connection: Upgrade`. Every other answer is a refusal and says
+        // `Connection: close` itself (`conn::handle`), so no connection
+        // lives on after one, and its place under the caps is given back.
         .keep_alive(true);
     let http = builder
         .serve_connection(

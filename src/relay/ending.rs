@@ -73,6 +73,15 @@ impl Ending {
                 Toward::Close(partner_code(peer.partner()), self.reason())
             }
             Ending::Violation { by, code, reason } if by == peer => Toward::Close(code, reason),
+            // Too big either way: both sides get 1009. A client's policy
+            // reads 1009 as "do not retry" (1014 would make it reconnect
+            // into the same oversized message), and a backend learns that
+            // its client was cut off for size, not that it went away.
+            Ending::Violation {
+                code: code::MESSAGE_TOO_BIG,
+                reason,
+                ..
+            } => Toward::Close(code::MESSAGE_TOO_BIG, reason),
             Ending::Violation { by, code, reason } => Toward::Close(
                 partner_code(by),
                 match (by, code) {
@@ -204,9 +213,31 @@ mod tests {
                     reason: "message too big",
                 },
                 Toward::Close(1009, "message too big"),
-                Toward::Close(1001, "message too big"),
+                Toward::Close(1009, "message too big"),
                 Initiator::Gateway,
                 1009,
+            ),
+            (
+                Ending::Violation {
+                    by: Side::Backend,
+                    code: 1009,
+                    reason: "message too big",
+                },
+                Toward::Close(1009, "message too big"),
+                Toward::Close(1009, "message too big"),
+                Initiator::Gateway,
+                1009,
+            ),
+            (
+                Ending::Violation {
+                    by: Side::Client,
+                    code: 1007,
+                    reason: "invalid UTF-8 in a text message",
+                },
+                Toward::Close(1007, "invalid UTF-8 in a text message"),
+                Toward::Close(1001, "invalid UTF-8 in a text message"),
+                Initiator::Gateway,
+                1007,
             ),
             (
                 Ending::Shutdown,

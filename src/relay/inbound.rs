@@ -108,6 +108,47 @@ impl Inbound {
         self.msg.is_some() && self.held.is_none()
     }
 
+    /// Close-only parsing, for when the gateway has started the close itself
+    /// and drops what the peer still sends: frames are only delimited (no
+    /// rule checked, no payload read) to notice the peer's close frame, since
+    /// once both close frames have passed the server closes the TCP
+    /// connection at once (RFC 6455 section 7.1.1) instead of waiting for the
+    /// peer's FIN. `buf` is the carry followed by new bytes, as for
+    /// [`Inbound::process`]. True at the header of a close frame. A header
+    /// that does not parse ends the scan for good: the rest is dropped and
+    /// the close deadline ends the link. After a violation by this sender
+    /// the stream may be out of step (the rest of that read was dropped);
+    /// a misread then at worst ends the link early, once the gateway has
+    /// written all it owes that peer, as RFC 6455 allows toward a peer that
+    /// broke the protocol.
+    pub fn scan_for_close(&mut self, buf: &[u8]) -> bool {
+        let mut r = 0;
+        while r < buf.len() {
+            if self.remaining > 0 {
+                let k = self.remaining.min((buf.len() - r) as u64);
+                self.remaining -= k;
+                r += k as usize;
+                continue;
+            }
+            match frame::parse_header(&buf[r..]) {
+                Ok(Some(h)) if h.opcode == opcode::CLOSE => return true,
+                Ok(Some(h)) => {
+                    self.remaining = h.payload_len;
+                    r += h.header_len;
+                }
+                Ok(None) => {
+                    self.carry.extend_from_slice(&buf[r..]);
+                    break;
+                }
+                Err(_) => {
+                    self.remaining = u64::MAX;
+                    break;
+                }
+            }
+        }
+        false
+    }
+
     /// Processes `buf` (the carry from the last call followed by new bytes),
     /// compacting the bytes to forward into `buf[..w]` and returning `w`,
     /// plus the violation that stopped it, if any. Bytes before a violation

@@ -222,6 +222,7 @@ impl<S: RelayIo> Relay<S> {
             progress |= self.peer(Side::Backend).flush(cx, now, fin_needed);
             progress |= self.pump(cx, Side::Client, now);
             progress |= self.pump(cx, Side::Backend, now);
+            progress |= self.on_failed_writes(now);
             if self.peers.iter().all(Peer::finished) || self.timers.close_overdue(now) {
                 return Poll::Ready(());
             }
@@ -310,23 +311,45 @@ impl<S: RelayIo> Relay<S> {
             dst.close_forwarded();
             self.end(Ending::Closed { by: from, code: c }, now);
         }
+        if o.close_answered {
+            self.peer(from).close_answered();
+        }
         if o.eof {
+            self.on_gone(from, now);
+        }
+    }
+
+    /// A peer's socket ended: EOF or a failed read, or a failed write.
+    fn on_gone(&mut self, from: Side, now: Instant) {
+        let (src, dst) = self.pair(from);
+        let closed_cleanly = src.reading == Reading::CloseReceived;
+        let partner_closing = dst.reading == Reading::CloseReceived;
+        if partner_closing && !closed_cleanly {
+            // The partner started a close handshake and this side left
+            // without answering: complete it for the partner with its
+            // own code, as the vanished side should have.
+            let c = self.ending.map_or(code::NORMAL, |e| e.code());
+            let c = if valid_on_wire(c) { c } else { code::NORMAL };
             let (src, dst) = self.pair(from);
-            let closed_cleanly = src.reading == Reading::CloseReceived;
-            let partner_closing = dst.reading == Reading::CloseReceived;
-            if partner_closing && !closed_cleanly {
-                // The partner started a close handshake and this side left
-                // without answering: complete it for the partner with its
-                // own code, as the vanished side should have.
-                let c = self.ending.map_or(code::NORMAL, |e| e.code());
-                let c = if valid_on_wire(c) { c } else { code::NORMAL };
-                let (src, dst) = self.pair(from);
-                src.drop_peer();
-                dst.queue_close(c, "");
-            } else if !closed_cleanly {
-                self.end(Ending::Vanished(from), now);
+            src.drop_peer();
+            dst.queue_close(c, "");
+        } else if !closed_cleanly {
+            self.end(Ending::Vanished(from), now);
+        }
+    }
+
+    /// A write that failed made its peer gone without a read seeing it (a
+    /// gone peer is not read any more): that peer vanished, and its partner
+    /// is told now rather than at a heartbeat timeout, or never.
+    fn on_failed_writes(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for side in Side::BOTH {
+            if std::mem::take(&mut self.peer(side).write_failed) {
+                self.on_gone(side, now);
+                any = true;
             }
         }
+        any
     }
 
     /// Records how the connection ends (the first ending wins) and acts on
@@ -427,6 +450,8 @@ struct Pumped {
     events: Events,
     violation: Option<Violation>,
     eof: bool,
+    /// While discarding: the sender's close frame arrived (not forwarded).
+    close_answered: bool,
 }
 
 /// Reads once from `from` (if `to` has room) and forwards to `to`. `None`
@@ -483,19 +508,23 @@ fn pump_dir<S: RelayIo>(
                 events: Events::default(),
                 violation: None,
                 eof: true,
-            });
-        }
-        if dir.discarding {
-            return Some(Pumped {
-                events: Events::default(),
-                violation: None,
-                eof: false,
+                close_answered: false,
             });
         }
         let carry = from.inbound.carry.len();
         let start = HEADROOM - carry;
         scratch[start..HEADROOM].copy_from_slice(&from.inbound.carry);
         from.inbound.carry.clear();
+        if dir.discarding {
+            // Dropped unread, but delimited: the peer's answer to the
+            // gateway's close frame completes the handshake.
+            return Some(Pumped {
+                events: Events::default(),
+                violation: None,
+                eof: false,
+                close_answered: from.inbound.scan_for_close(&scratch[start..HEADROOM + n]),
+            });
+        }
         let mut events = Events::default();
         let (w, violation) = from.inbound.process(
             &mut scratch[start..HEADROOM + n],
@@ -525,6 +554,7 @@ fn pump_dir<S: RelayIo>(
             events,
             violation,
             eof: false,
+            close_answered: false,
         })
     })
 }

@@ -77,6 +77,9 @@ pub struct Peer<S> {
     pub pongs_due: u32,
     pub close: CloseState,
     pub reading: Reading,
+    /// A write to it failed (reset, broken pipe): it is gone, and the relay
+    /// has yet to treat that as the peer vanishing (it takes the flag).
+    pub write_failed: bool,
     /// What this peer sent (data messages and payload bytes).
     pub traffic: Traffic,
 }
@@ -103,6 +106,7 @@ impl<S: RelayIo> Peer<S> {
             pongs_due: 0,
             close: CloseState::Open,
             reading: Reading::Open,
+            write_failed: false,
             traffic: Traffic::default(),
         }
     }
@@ -152,7 +156,7 @@ impl<S: RelayIo> Peer<S> {
     pub fn write_or_spill(&mut self, cx: &mut Context<'_>, mut data: &[u8], now: Instant) {
         while !data.is_empty() && !self.gone() {
             match Pin::new(&mut self.io).poll_write(cx, data) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.close = CloseState::Gone,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.write_failed(),
                 Poll::Ready(Ok(n)) => data = &data[n..],
                 Poll::Pending => break,
             }
@@ -180,7 +184,7 @@ impl<S: RelayIo> Peer<S> {
         while self.spill_pending() {
             match Pin::new(&mut self.io).poll_write(cx, &self.spill[self.spill_pos..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.close = CloseState::Gone;
+                    self.write_failed();
                     return true;
                 }
                 Poll::Ready(Ok(n)) => {
@@ -278,6 +282,23 @@ impl<S: RelayIo> Peer<S> {
 
     pub fn drop_peer(&mut self) {
         self.close = CloseState::Gone;
+    }
+
+    /// The socket refused a write: nothing more can reach this peer. Its
+    /// reads are not polled any more either (a gone peer is not readable),
+    /// so the EOF that would tell the relay never comes: the flag does.
+    fn write_failed(&mut self) {
+        self.close = CloseState::Gone;
+        self.write_failed = true;
+    }
+
+    /// Its close frame arrived while the gateway was discarding what it
+    /// sends (the gateway had sent or owed it a close of its own): the
+    /// close handshake is complete toward it and nothing more is read.
+    pub fn close_answered(&mut self) {
+        if self.reading == Reading::Open {
+            self.reading = Reading::CloseReceived;
+        }
     }
 
     /// Done with this peer: nothing more to send it, nothing more to read.
