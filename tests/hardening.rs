@@ -164,10 +164,10 @@ async fn over_max_connections_per_ip_429_closes_and_holds_no_place() {
 #[tokio::test]
 async fn every_refusal_says_connection_close_and_closes() {
     // One gateway with an Origin allow-list and JWT auth for the gateway's
-    // own refusals.
+    // own refusals, and a WebSocket-only route (plain HTTP there: 426).
     let (b, _) = echo_backend().await;
     let extra = format!(
-        "{}[auth]\nmode = \"jwt\"\njwt_secret = \"s3cret\"\n",
+        "{}[auth]\nmode = \"jwt\"\njwt_secret = \"s3cret\"\n[[routes]]\npath = \"/\"\nserve = \"ws\"\n",
         server_keys("allowed_origins = [\"https://ok.example\"]")
     );
     let g = gateway(&config_for(&[b], &extra)).await;
@@ -185,7 +185,7 @@ async fn every_refusal_says_connection_close_and_closes() {
             400,
         ),
         (
-            "plain GET",
+            "plain GET on a WebSocket-only route",
             format!("GET / HTTP/1.1\r\nHost: {a}\r\n\r\n").into_bytes(),
             426,
         ),

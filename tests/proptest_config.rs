@@ -102,6 +102,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("server", "handshake_timeout", Dur),
     ("server", "shutdown_grace", Dur),
     ("server", "max_request_head_bytes", Int),
+    ("server", "max_request_body_bytes", Int),
     (
         "admin",
         "token",
@@ -114,6 +115,13 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("routing", "load_factor", Float),
     ("routing", "connect_timeout", Dur),
     ("routing", "connect_retries", Int),
+    ("routing", "response_timeout", Dur),
+    (
+        "routing",
+        "affinity_cookie",
+        Str(&["", "wsgate_affinity", "bad name", "x;y"]),
+    ),
+    ("routing", "affinity_key", Str(&["", "k", "\u{0}"])),
     ("health", "interval", Dur),
     ("health", "timeout", Dur),
     ("health", "fall", Int),
