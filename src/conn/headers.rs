@@ -90,6 +90,20 @@ pub fn upstream_headers<B>(
     );
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    set_forwarded(&mut h, src, peer, tls);
+    if let Ok(v) = HeaderValue::from_str(&admitted.client_id) {
+        h.insert(HeaderName::from_static("x-client-id"), v);
+    }
+    for (name, value) in &admitted.extra_headers {
+        h.insert(name.clone(), value.clone());
+    }
+    h
+}
+
+/// `X-Forwarded-For` (the client's value, if any, then the peer),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`: the same for upgrades and
+/// plain HTTP.
+fn set_forwarded(h: &mut HeaderMap, src: &HeaderMap, peer: IpAddr, tls: bool) {
     let peer_ip = peer.to_string();
     let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
@@ -105,13 +119,6 @@ pub fn upstream_headers<B>(
     if let Some(host) = src.get(header::HOST) {
         h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&admitted.client_id) {
-        h.insert(HeaderName::from_static("x-client-id"), v);
-    }
-    for (name, value) in &admitted.extra_headers {
-        h.insert(name.clone(), value.clone());
-    }
-    h
 }
 
 /// The 101 headers for the client: accept key, and what the backend chose.
@@ -195,20 +202,6 @@ pub fn proxy_request_headers(src: &HeaderMap, peer: IpAddr, tls: bool) -> Header
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let peer_ip = peer.to_string();
-    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
-        _ => peer_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(host) = src.get(header::HOST) {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
+    set_forwarded(&mut h, src, peer, tls);
     h
 }
