@@ -42,6 +42,9 @@ fn main() -> ExitCode {
     if let Command::Check { config } = &cli.command {
         return match Config::load(config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok ({} backends)", config.display(), c.backends.len());
                 ExitCode::SUCCESS
             }

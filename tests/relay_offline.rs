@@ -60,6 +60,7 @@ fn start_with(
     let metrics = Arc::new(Metrics::new());
     let session = Session {
         deflate: false,
+        inspect: [None, None],
         token_expires,
         cancel: cancel.clone(),
         shutdown: shutdown.clone(),
