@@ -431,3 +431,97 @@ async fn passthrough_forwards_compressed_messages_unjudged() {
         assert_eq!(frame(&mut s).await.unwrap(), (true, RSV1, 0x1, zz));
     }
 }
+
+/// Python `websockets` (installed by this test if missing), client and
+/// backend at their defaults, which negotiate permessage-deflate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_client_and_backend_with_compression() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::process::Command;
+
+    let have = Command::new("python3")
+        .args(["-c", "import websockets.asyncio.server"])
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !have {
+        let st = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--break-system-packages",
+                "websockets>=14",
+            ])
+            .status()
+            .await
+            .expect("python3");
+        assert!(st.success(), "pip install websockets failed");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/deflate_peers.py");
+    let mut server = Command::new("python3")
+        .args([script, "server"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("python backend did not start")
+        .unwrap()
+        .and_then(|l| l.strip_prefix("port ").map(|p| p.parse().unwrap()))
+        .expect("a port line");
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let ev2 = events.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            ev2.lock().unwrap().push(l);
+        }
+    });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let gw = gateway(&config_for(
+        &[addr],
+        "[limits]\nmax_message_bytes = 65536\n\
+         [heartbeat]\napp_ping = '{\"type\":\"ping\"}'\napp_pong = '{\"type\":\"pong\"}'",
+    ))
+    .await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        Command::new("python3")
+            .args([script, "client", &format!("ws://{}", gw.addr)])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python client timed out")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events.lock().unwrap().clone();
+    let conn = events
+        .iter()
+        .find(|l| l.contains("\"conn\"") && l.contains("/py-ping"))
+        .expect("backend saw the connection");
+    assert!(conn.contains("server_no_context_takeover"), "{conn}");
+    // The app ping never reached the backend; neither did the big message.
+    assert!(
+        !events.iter().any(|l| l.contains("\\\"ping\\\"")),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|l| l.contains("/py-big") && l.contains("\"msg\""))
+    );
+    let utf8_close = events
+        .iter()
+        .find(|l| l.contains("/py-utf8-backend") && l.contains("\"close\""));
+    assert!(utf8_close.is_some_and(|l| l.contains("1007")), "{events:?}");
+}
