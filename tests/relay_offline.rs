@@ -545,3 +545,25 @@ async fn compressed_json_is_held_until_its_inflated_text_is_judged() {
     let (op, _) = read_frame(&mut link.backend).await.unwrap();
     assert_eq!(op, opcode::CLOSE);
 }
+
+#[tokio::test(start_paused = true)]
+async fn compressed_app_pings_are_not_rate_limited_but_other_messages_are() {
+    let mut link = start_deflate(
+        &format!("[limits]\nmessages_per_sec = 1\nburst = 1\n{APP_PING}"),
+        false,
+    );
+    let ping = compressed(opcode::TEXT, &deflate(&mut fresh(), b"ping!"), Some(MASK));
+    for _ in 0..5 {
+        link.client.write_all(&ping).await.unwrap();
+        assert_eq!(
+            read_frame(&mut link.client).await.unwrap(),
+            (opcode::TEXT, b"pong!".to_vec())
+        );
+    }
+    // Two small compressed messages at once: the second is over the rate.
+    let other = compressed(opcode::TEXT, &deflate(&mut fresh(), b"pong?"), Some(MASK));
+    link.client.write_all(&other).await.unwrap();
+    link.client.write_all(&other).await.unwrap();
+    let (code, _, _) = read_close(&mut link.client).await;
+    assert_eq!(code, 4029);
+}

@@ -244,7 +244,15 @@ impl Inbound {
                 self.carry.extend_from_slice(&buf[r..]);
                 break;
             }
-            if let Err(v) = self.start_data_frame(&h, ctx, bucket, now) {
+            // A possible app_ping takes its rate token only once it is known
+            // not to be one (app_ping is never rate-limited).
+            let mut no_bucket = None;
+            let frame_bucket = if maybe_ping {
+                &mut no_bucket
+            } else {
+                &mut *bucket
+            };
+            if let Err(v) = self.start_data_frame(&h, ctx, frame_bucket, now) {
                 return (w, Some(v));
             }
             ev.payload_bytes += h.payload_len;
@@ -281,6 +289,13 @@ impl Inbound {
                     ev.app_pings += 1;
                     r += total;
                     continue;
+                }
+                if maybe_ping
+                    && let Some(b) = bucket.as_mut()
+                    && !b.take_message(h.payload_len, now)
+                {
+                    self.remaining = 0;
+                    return (w, Some(rate_limited()));
                 }
             }
             // Validate a whole frame before its header goes out, so a bad
