@@ -525,3 +525,35 @@ async fn python_websockets_client_and_backend_with_compression() {
         .find(|l| l.contains("/py-utf8-backend") && l.contains("\"close\""));
     assert!(utf8_close.is_some_and(|l| l.contains("1007")), "{events:?}");
 }
+
+#[test]
+fn check_warns_when_passthrough_turns_promises_off() {
+    let dir = std::env::temp_dir().join(format!("wsgate-deflate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |mode: &str| {
+        let file = dir.join(format!("{mode}.toml"));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[limits]\npermessage_deflate = \"{mode}\"\n\
+             [[backends]]\nname = \"b\"\nurl = \"ws://127.0.0.1:1\"\n"
+        );
+        std::fs::write(&file, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = run("passthrough");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("permessage_deflate") && stderr.contains("validate_utf8"),
+        "{stderr}"
+    );
+    for mode in ["inspect", "off"] {
+        let out = run(mode);
+        assert!(out.status.success());
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
