@@ -547,13 +547,19 @@ fn check_warns_when_passthrough_turns_promises_off() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("warning") && stderr.contains("permessage_deflate") && stderr.contains("validate_utf8"),
+        stderr.contains("warning")
+            && stderr.contains("permessage_deflate")
+            && stderr.contains("validate_utf8"),
         "{stderr}"
     );
     for mode in ["inspect", "off"] {
         let out = run(mode);
         assert!(out.status.success());
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
