@@ -5,6 +5,7 @@
 //! This file is the poll loop only. Its rooms:
 //! - `peer`: one end (socket, pending bytes, where its close stands);
 //! - `inbound`: one direction's frame parser, limits and validation;
+//! - `inflate`: inflating compressed (permessage-deflate) messages to judge them;
 //! - `ending`: how a connection ends, and what that means toward each side;
 //! - `timers`: the one `Sleep` and every deadline it serves;
 //! - `policy`: the relay's view of the config; `rate`: token buckets.
