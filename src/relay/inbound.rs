@@ -74,10 +74,6 @@ struct Msg {
     text: bool,
     compressed: bool,
     len: u64,
-    /// Inflated bytes so far (compressed and inspected messages).
-    inflated: u64,
-    /// The inflater has seen the message's end (its RFC 7692 tail).
-    inflate_done: bool,
 }
 
 /// A compressed single-frame text message small enough to be `app_ping`
@@ -107,7 +103,9 @@ pub struct Inbound {
     /// Payload bytes still to come of the frame being forwarded.
     remaining: u64,
     frame_mask: Option<[u8; 4]>,
-    frame_off: u64,
+    /// Offset in the current frame's payload, modulo 4: only the mask's
+    /// phase needs it (a byte instead of a u64 pays for `inflater`).
+    frame_off: u8,
     /// The current data frame ends its message.
     frame_fin: bool,
     /// The current frame's payload still needs UTF-8 validation.
@@ -177,7 +175,7 @@ impl Inbound {
                         let at = h.payload.len();
                         h.payload.extend_from_slice(&buf[r..r + k]);
                         if let Some(m) = self.frame_mask {
-                            frame::apply_mask(&mut h.payload[at..], m, self.frame_off);
+                            frame::apply_mask(&mut h.payload[at..], m, self.frame_off.into());
                         }
                     }
                 } else {
@@ -185,7 +183,7 @@ impl Inbound {
                     w += k;
                 }
                 r += k;
-                self.frame_off += k as u64;
+                self.frame_off = ((usize::from(self.frame_off) + k) % 4) as u8;
                 self.remaining -= k as u64;
                 if self.remaining > 0 {
                     break;
@@ -478,16 +476,16 @@ impl Inbound {
                 text,
                 compressed,
                 len: 0,
-                inflated: 0,
-                inflate_done: false,
             });
             self.utf8 = Utf8Validator::default();
             let inspected = compressed && ctx.inspect.is_some();
             if text && (!compressed || inspected) && ctx.validate_json && ctx.from_client {
                 self.held = Some(Box::default());
             }
-            if inspected && self.inflater.is_none() {
-                self.inflater = Some(Inflater::take());
+            if inspected {
+                self.inflater
+                    .get_or_insert_with(Inflater::take)
+                    .begin_message();
             }
         } else if let Some(b) = bucket.as_mut()
             && !b.take_bytes(h.payload_len, now)
@@ -522,7 +520,8 @@ impl Inbound {
         }
         if self
             .msg
-            .is_some_and(|m| m.compressed && !m.inflate_done && ctx.inspect.is_some())
+            .is_some_and(|m| m.compressed && ctx.inspect.is_some())
+            && self.inflater.as_ref().is_some_and(|i| !i.message_done())
         {
             self.inflate(None, ctx, None)?;
         }
@@ -565,17 +564,15 @@ impl Inbound {
         ctx: &DirCtx<'_>,
         mut tap: Option<&mut Tap>,
     ) -> Result<(), Violation> {
-        let (Some(inf), Some(msg)) = (self.inflater.as_mut(), self.msg.as_mut()) else {
+        let (Some(inf), Some(msg)) = (self.inflater.as_mut(), self.msg) else {
             return Ok(());
         };
         let utf8 = &mut self.utf8;
         let held = &mut self.held;
         let check_utf8 = msg.text && ctx.validate_utf8 && held.is_none();
         let max = ctx.max_message_bytes;
-        let inflated = &mut msg.inflated;
-        let mut sink = |out: &[u8]| -> Result<(), Violation> {
-            *inflated += out.len() as u64;
-            if *inflated > max {
+        let mut sink = |out: &[u8], inflated: u64| -> Result<(), Violation> {
+            if inflated > max {
                 return Err(too_big());
             }
             if check_utf8 {
@@ -598,10 +595,9 @@ impl Inbound {
             Ok(())
         };
         match bytes {
-            Some(b) => inf.feed(b, self.frame_mask, self.frame_off, &mut sink),
+            Some(b) => inf.feed(b, self.frame_mask, self.frame_off.into(), &mut sink),
             None => {
                 inf.finish(&mut sink)?;
-                msg.inflate_done = true;
                 if check_utf8 {
                     self.utf8.finish().map_err(|_| invalid_utf8())?;
                 }
@@ -628,7 +624,7 @@ impl Inbound {
                 // Unmask through a small stack buffer: the forwarded bytes
                 // keep the client's mask.
                 let mut tmp = [0u8; 512];
-                let mut off = self.frame_off;
+                let mut off = u64::from(self.frame_off);
                 for chunk in masked.chunks(tmp.len()) {
                     let t = &mut tmp[..chunk.len()];
                     t.copy_from_slice(chunk);

@@ -57,6 +57,11 @@ pub struct Inflater {
     /// The stream ended with a BFINAL block: the rest of the message is
     /// ignored, and the next message needs a fresh stream.
     ended: bool,
+    /// Bytes inflated of the current message (kept here rather than in the
+    /// per-connection parser, which holds only this box's pointer).
+    inflated: u64,
+    /// The current message's end (its RFC 7692 tail) was inflated.
+    done: bool,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -78,7 +83,20 @@ impl Inflater {
         Inflater {
             z: Decompress::new(false),
             ended: false,
+            inflated: 0,
+            done: false,
         }
+    }
+
+    /// A new message starts (on a reused stream with context takeover).
+    pub fn begin_message(&mut self) {
+        self.inflated = 0;
+        self.done = false;
+    }
+
+    /// The current message's end was inflated ([`Inflater::finish`]).
+    pub fn message_done(&self) -> bool {
+        self.done
     }
 
     /// An inflater at the start of a stream: from this thread's pool if it
@@ -103,18 +121,20 @@ impl Inflater {
     fn reset(&mut self) {
         self.z.reset(false);
         self.ended = false;
+        self.begin_message();
     }
 
     /// Inflates payload bytes as they arrived (`mask` and the offset of
     /// `input` in its frame, for client frames), handing the output to
-    /// `sink` in chunks of at most [`OUT_CHUNK`]. The sink's error stops
+    /// `sink` in chunks of at most [`OUT_CHUNK`], with the message's
+    /// inflated total so far (including the chunk). The sink's error stops
     /// inflating at once.
     pub fn feed<E: From<Corrupt>>(
         &mut self,
         input: &[u8],
         mask: Option<[u8; 4]>,
         off: u64,
-        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        sink: &mut impl FnMut(&[u8], u64) -> Result<(), E>,
     ) -> Result<(), E> {
         match mask {
             None => self.feed_plain(input, sink),
@@ -140,13 +160,15 @@ impl Inflater {
     /// message of a sender with context takeover.
     pub fn finish<E: From<Corrupt>>(
         &mut self,
-        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        sink: &mut impl FnMut(&[u8], u64) -> Result<(), E>,
     ) -> Result<(), E> {
         self.feed_plain(&TAIL, sink)?;
+        self.done = true;
         if self.ended {
             // A BFINAL block ended the stream: the next message starts a
             // new one (a sender doing this cannot refer back anyway).
-            self.reset();
+            self.z.reset(false);
+            self.ended = false;
         }
         Ok(())
     }
@@ -154,7 +176,7 @@ impl Inflater {
     fn feed_plain<E: From<Corrupt>>(
         &mut self,
         mut input: &[u8],
-        sink: &mut impl FnMut(&[u8]) -> Result<(), E>,
+        sink: &mut impl FnMut(&[u8], u64) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut out = [0u8; OUT_CHUNK];
         while !self.ended {
@@ -167,7 +189,8 @@ impl Inflater {
             let made = (self.z.total_out() - out0) as usize;
             input = &input[used..];
             if made > 0 {
-                sink(&out[..made])?;
+                self.inflated += made as u64;
+                sink(&out[..made], self.inflated)?;
             }
             if status == Status::StreamEnd {
                 self.ended = true;
@@ -206,7 +229,7 @@ mod tests {
         mask: Option<[u8; 4]>,
     ) -> Result<Vec<u8>, Corrupt> {
         let mut got = Vec::new();
-        let mut sink = |b: &[u8]| -> Result<(), Corrupt> {
+        let mut sink = |b: &[u8], _: u64| -> Result<(), Corrupt> {
             got.extend_from_slice(b);
             Ok(())
         };
@@ -286,9 +309,10 @@ mod tests {
         let mut i = Inflater::new();
         let limit = 65536usize;
         let mut seen = 0usize;
-        let mut sink = |b: &[u8]| -> Result<(), Stop> {
+        let mut sink = |b: &[u8], total: u64| -> Result<(), Stop> {
             assert!(b.len() <= OUT_CHUNK);
             seen += b.len();
+            assert_eq!(total, seen as u64);
             if seen > limit {
                 Err(Stop::TooBig)
             } else {
