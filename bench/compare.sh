@@ -496,6 +496,14 @@ deflate_main() {
   busy0=$(machine_busy_ticks)
   # Memory first, on fresh processes: wsgate uncompressed, then everyone with deflate.
   run_idle wsgate "$IDLE_CONNS" "$IDLE_HOLD" idle_plain
+  # A fresh wsgate for the deflate figure, so memory freed by the first run does not
+  # hide growth.
+  if [[ $ACTIVE == *" wsgate "* || $ACTIVE == *" wsgate" ]]; then
+    kill -TERM "$WSGATE_PID" 2>/dev/null || true
+    wait "$WSGATE_PID" 2>/dev/null || true
+    start_wsgate 30s 30s && sanity wsgate || { log "wsgate did not restart"; ACTIVE=${ACTIVE/ wsgate / }; }
+    settle_sockets
+  fi
   for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD" idle_deflate --deflate; done
   for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r/$ROUNDS"

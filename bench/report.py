@@ -411,7 +411,7 @@ def deflate(results, meta, out_path):
             f"(\"inspect\"): {i / p:.2f}× (the issue allows 2×). With "
             "`server_no_context_takeover` accepted by the backend and "
             "`client_no_context_takeover` told to the client, an idle connection holds no "
-            "inflate state; an inflater (zlib state + 32 KiB window, about 42 KiB) exists "
+            "inflate state; an inflater (zlib state, 32 KiB window, 8 KiB output chunk: about 50 KiB) exists "
             "only while a compressed message is in flight, taken from a per-thread pool of "
             "at most 4.",
             "",

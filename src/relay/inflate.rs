@@ -8,8 +8,8 @@
 //! `miniz_oxide` on 4 KiB JSON-like messages, which matters because every
 //! compressed message is inflated once on the hot path).
 //!
-//! Memory: an inflater is a zlib inflate state plus its 32 KiB window
-//! (about 42 KiB). Without context takeover (what the gateway negotiates
+//! Memory: an inflater is a zlib inflate state, its 32 KiB window and an
+//! 8 KiB output chunk (about 50 KiB once a big message has passed). Without context takeover (what the gateway negotiates
 //! for every side it inspects, see `conn::headers`) an inflater is only
 //! needed during one message: it is taken from a small per-thread pool at
 //! the first frame and given back at the last, so an idle connection holds
@@ -30,7 +30,7 @@ use crate::ws::frame;
 
 /// Inflated bytes produced per call into the sink.
 pub const OUT_CHUNK: usize = 8 * 1024;
-/// Inflaters kept per worker thread for reuse (each about 42 KiB).
+/// Inflaters kept per worker thread for reuse (each about 50 KiB).
 const POOL_MAX: usize = 4;
 /// RFC 7692 section 7.2.2: appended to a message's payload before inflating.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -62,6 +62,9 @@ pub struct Inflater {
     inflated: u64,
     /// The current message's end (its RFC 7692 tail) was inflated.
     done: bool,
+    /// Where output goes before the sink judges it: part of the box, so no
+    /// call zeroes a fresh buffer.
+    out: [u8; OUT_CHUNK],
 }
 
 impl std::fmt::Debug for Inflater {
@@ -85,6 +88,7 @@ impl Inflater {
             ended: false,
             inflated: 0,
             done: false,
+            out: [0; OUT_CHUNK],
         }
     }
 
@@ -178,23 +182,22 @@ impl Inflater {
         mut input: &[u8],
         sink: &mut impl FnMut(&[u8], u64) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut out = [0u8; OUT_CHUNK];
         while !self.ended {
             let (in0, out0) = (self.z.total_in(), self.z.total_out());
             let status = self
                 .z
-                .decompress(input, &mut out, FlushDecompress::None)
+                .decompress(input, &mut self.out, FlushDecompress::None)
                 .map_err(|_| Corrupt)?;
             let used = (self.z.total_in() - in0) as usize;
             let made = (self.z.total_out() - out0) as usize;
             input = &input[used..];
             if made > 0 {
                 self.inflated += made as u64;
-                sink(&out[..made], self.inflated)?;
+                sink(&self.out[..made], self.inflated)?;
             }
             if status == Status::StreamEnd {
                 self.ended = true;
-            } else if made < out.len() && (input.is_empty() || used == 0) {
+            } else if made < OUT_CHUNK && (input.is_empty() || used == 0) {
                 // All input taken and the output not full: nothing pending.
                 // (No progress at all with input left cannot happen with
                 // room in `out`; stop rather than spin if it ever does.)
