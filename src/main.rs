@@ -188,6 +188,9 @@ async fn run_main(path: &Path) -> ExitCode {
         }
     };
     init_logs(config.log.format);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let Some(signals) = Signals::install() else {
         return ExitCode::FAILURE;
     };
