@@ -3,10 +3,15 @@
 //! UTF-8, JSON, `app_ping`). The inflated bytes are dropped as they are
 //! judged; the frames themselves are forwarded as they arrived.
 //!
-//! Crate: `flate2` with its `zlib-rs` backend (pure Rust, no `unsafe` in
-//! this crate, and the fastest inflate available to us: measured about 2x
-//! `miniz_oxide` on 4 KiB JSON-like messages, which matters because every
-//! compressed message is inflated once on the hot path).
+//! Crate: `flate2` with its `zlib-rs` backend: pure Rust (this crate
+//! forbids `unsafe`, and a C zlib would bring a build-time C dependency),
+//! a port of zlib-ng's inflate with SIMD paths chosen at run time, and a
+//! plain streaming API (`Decompress`) whose state can be reset and reused,
+//! which the pool below relies on. `miniz_oxide` would do too (also pure
+//! Rust); zlib-rs was picked for speed, since every compressed message is
+//! inflated once on the hot path. Measured on this machine: about 4 us of
+//! CPU to inflate and UTF-8-check a 4 KiB JSON-like message compressed to
+//! 844 bytes (an isolated loop, release build).
 //!
 //! Memory: an inflater is a zlib inflate state, its 32 KiB window and an
 //! 8 KiB output chunk (about 50 KiB once a big message has passed). Without context takeover (what the gateway negotiates
