@@ -5,7 +5,7 @@
 //!
 //! Crate: `flate2` with its `zlib-rs` backend: pure Rust (this crate
 //! forbids `unsafe`, and a C zlib would bring a build-time C dependency),
-//! a port of zlib-ng's inflate with SIMD paths chosen at run time, and a
+//! modelled on zlib-ng, with SIMD paths chosen at run time, and a
 //! plain streaming API (`Decompress`) whose state can be reset and reused,
 //! which the pool below relies on. `miniz_oxide` would do too (also pure
 //! Rust); zlib-rs was picked for speed, since every compressed message is
@@ -14,8 +14,9 @@
 //! 844 bytes (an isolated loop, release build).
 //!
 //! Memory: an inflater is a zlib inflate state, its 32 KiB window and an
-//! 8 KiB output chunk (about 50 KiB once a big message has passed). Without context takeover (what the gateway negotiates
-//! for every side it inspects, see `conn::headers`) an inflater is only
+//! 8 KiB output chunk (about 50 KiB once a big message has passed).
+//! Without context takeover (what the gateway negotiates for every side it
+//! inspects, see `conn::headers`) an inflater is only
 //! needed during one message: it is taken from a small per-thread pool at
 //! the first frame and given back at the last, so an idle connection holds
 //! none and no message allocates one in the steady state. With context
@@ -23,7 +24,7 @@
 //! window must outlive the message: that direction keeps its inflater for
 //! the connection's life.
 //!
-//! Bounds: output goes through a fixed stack buffer (`OUT_CHUNK`) to a sink
+//! Bounds: output goes through the inflater's fixed chunk (`OUT_CHUNK`) to a sink
 //! that counts it, so a compression bomb is stopped after at most
 //! `max_message_bytes + OUT_CHUNK` inflated bytes, none of them kept.
 
