@@ -6,6 +6,9 @@
 #                    [--only http]   (only the keep-alive HTTP tests; RESULTS.md untouched)
 #   bench/compare.sh scale [--quick] [--conns N] [--hold SECS]
 #                    [--client-interval 1s] [--backend-interval 30s]
+#   bench/compare.sh deflate [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
+#                    (permessage-deflate on both legs: nginx, HAProxy, wsgate "inspect"
+#                     and wsgate "passthrough"; 4 KiB JSON-like messages)
 #
 # Everything runs on loopback (127.0.0.0/8); every process this script starts is
 # stopped by PID on exit. Results: bench/RESULTS.md (sections replaced in place) and
@@ -19,6 +22,7 @@ CMDLINE="bench/$(basename "$0") $*"
 
 MODE=compare
 if [[ ${1:-} == scale ]]; then MODE=scale; shift; fi
+if [[ ${1:-} == deflate ]]; then MODE=deflate; shift; fi
 
 QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0 ONLY=
 SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=30s
@@ -36,7 +40,7 @@ while [[ $# -gt 0 ]]; do
     --hold) SCALE_HOLD=$2; shift ;;
     --client-interval) CLIENT_INTERVAL=$2; shift ;;
     --backend-interval) BACKEND_INTERVAL=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +59,7 @@ fi
 
 # Ports (loopback only).
 ECHO1=18001 ECHO2=18002 NGINX_PORT=18081 HAPROXY_PORT=18082 WSGATE_PORT=18083 WSGATE_ADMIN=19093
+WSGATE_PT_PORT=18084 WSGATE_PT_ADMIN=19094   # wsgate with permessage_deflate = "passthrough"
 WORKERS=2          # proxy worker processes/threads for every proxy
 ECHO_WORKERS=1     # tokio threads per echo backend (two backends)
 LOAD_WORKERS=2     # tokio threads of the load generator
@@ -200,14 +205,17 @@ EOF
   wait_port $HAPROXY_PORT 15 $HAPROXY_PID || { log "haproxy did not start:"; cat "$d/stderr.log" >&2; return 1; }
 }
 
-write_wsgate_config() { # file client_interval backend_interval
+write_wsgate_config() { # file client_interval backend_interval [port admin_port permessage_deflate]
   cat >"$1" <<EOF
 [server]
-listen = "127.0.0.1:$WSGATE_PORT"
+listen = "127.0.0.1:${4:-$WSGATE_PORT}"
 max_connections = 100000
 
 [admin]
-listen = "127.0.0.1:$WSGATE_ADMIN"
+listen = "127.0.0.1:${5:-$WSGATE_ADMIN}"
+
+[limits]
+permessage_deflate = "${6:-inspect}"
 
 [routing]
 client_id = ["query:client_id"]
@@ -241,6 +249,19 @@ start_wsgate() { # client_interval backend_interval
   wait_port $WSGATE_PORT 20 $WSGATE_PID || { log "wsgate did not start:"; tail -20 "$d/stderr.log" >&2; return 1; }
 }
 
+# wsgate with permessage_deflate = "passthrough", beside the default one.
+start_wsgate_passthrough() {
+  local d=$WORK/wsgate-passthrough
+  mkdir -p "$d"
+  [[ -x $WSGATE ]] || return 1
+  write_wsgate_config "$d/wsgate.toml" 30s 30s $WSGATE_PT_PORT $WSGATE_PT_ADMIN passthrough
+  WSGATE_WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} "$WSGATE" run -c "$d/wsgate.toml" \
+    >"$d/stdout.log" 2>"$d/stderr.log" &
+  WSGATE_PT_PID=$!
+  STARTED+=($WSGATE_PT_PID)
+  wait_port $WSGATE_PT_PORT 20 $WSGATE_PT_PID || { log "wsgate (passthrough) did not start:"; tail -20 "$d/stderr.log" >&2; return 1; }
+}
+
 # Every process that belongs to a target (for CPU and memory accounting).
 pids_of() {
   case $1 in
@@ -248,6 +269,7 @@ pids_of() {
     nginx) echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')" ;;
     haproxy) echo "$HAPROXY_PID $(pgrep -P "$HAPROXY_PID" | tr '\n' ' ')" ;;
     wsgate) echo "$WSGATE_PID" ;;
+    wsgate_passthrough) echo "$WSGATE_PT_PID" ;;
   esac
 }
 
@@ -257,6 +279,7 @@ urls_of() {
     nginx) echo "--url ws://127.0.0.1:$NGINX_PORT/" ;;
     haproxy) echo "--url ws://127.0.0.1:$HAPROXY_PORT/" ;;
     wsgate) echo "--url ws://127.0.0.1:$WSGATE_PORT/" ;;
+    wsgate_passthrough) echo "--url ws://127.0.0.1:$WSGATE_PT_PORT/" ;;
   esac
 }
 
@@ -418,7 +441,7 @@ run_idle() {
   settle_sockets
   before=$(mem_json "${pids[@]}")
   "$LOAD" --workers $LOAD_WORKERS idle $(urls_of "$t") $(pid_args "$t") --conns "$n" \
-    --hold "${hold}s" >"$out" 2>>"$LOG_ERR" &
+    --hold "${hold}s" ${5:-} >"$out" 2>>"$LOG_ERR" &
   lp=$!
   STARTED+=($lp)
   deadline=$((SECONDS + 180))
@@ -478,6 +501,52 @@ compare_main() {
   cp "$RESULTS" "$BENCH_DIR/results/compare-last.jsonl"
   cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-last.meta.tsv"
   python3 "$BENCH_DIR/report.py" compare "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+}
+
+# permessage-deflate on both legs: compressed 4 KiB JSON-like echo through nginx and
+# HAProxy (blind), wsgate "inspect" (inflates every message both ways) and wsgate
+# "passthrough"; idle memory per connection with deflate negotiated, next to wsgate's
+# uncompressed figure.
+# shellcheck disable=SC2046
+deflate_main() {
+  install_proxies
+  build
+  ECHO_PIDS=()
+  start_echo
+  ACTIVE=""
+  start_nginx && sanity nginx && ACTIVE+=" nginx" || log "nginx left out"
+  start_haproxy && sanity haproxy && ACTIVE+=" haproxy" || log "haproxy left out"
+  start_wsgate 30s 30s && sanity wsgate && ACTIVE+=" wsgate" || log "wsgate left out"
+  start_wsgate_passthrough && sanity wsgate_passthrough && ACTIVE+=" wsgate_passthrough" \
+    || log "wsgate passthrough left out"
+  log "deflate targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
+  local busy0 t0=$SECONDS t r
+  busy0=$(machine_busy_ticks)
+  # Memory first, on fresh processes: wsgate uncompressed, then everyone with deflate.
+  run_idle wsgate "$IDLE_CONNS" "$IDLE_HOLD" idle_plain
+  # A fresh wsgate for the deflate figure, so memory freed by the first run does not
+  # hide growth.
+  if [[ $ACTIVE == *" wsgate "* || $ACTIVE == *" wsgate" ]]; then
+    kill -TERM "$WSGATE_PID" 2>/dev/null || true
+    wait "$WSGATE_PID" 2>/dev/null || true
+    start_wsgate 30s 30s && sanity wsgate || { log "wsgate did not restart"; ACTIVE=${ACTIVE/ wsgate / }; }
+    settle_sockets
+  fi
+  for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD" idle_deflate --deflate; done
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS"
+    for t in $ACTIVE; do
+      run_load "$t" deflate_4096 "$r" -- throughput $(urls_of "$t") $(pid_args "$t") --deflate \
+        --conns 64 --inflight 16 --size 4096 --duration "${DURATION}s" --warmup "${WARMUP}s"
+    done
+  done
+  times >"$WORK/times"
+  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
+  log "other processes used $FOREIGN of the machine's CPU during the measurements"
+  machine_info >"$WORK/meta.tsv"
+  cp "$RESULTS" "$BENCH_DIR/results/deflate-last.jsonl"
+  cp "$WORK/meta.tsv" "$BENCH_DIR/results/deflate-last.meta.tsv"
+  python3 "$BENCH_DIR/report.py" deflate "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
 }
 
 scrape_heartbeats() { # -> "client_count backend_count" of wsgate_heartbeat_rtt_seconds
@@ -553,4 +622,5 @@ scale_main() {
 case $MODE in
   compare) compare_main ;;
   scale) scale_main ;;
+  deflate) deflate_main ;;
 esac

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
     if let Command::Check { config } = &cli.command {
         return match check::load(config) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok ({} backends)", config.display(), c.backends.len());
                 ExitCode::SUCCESS
             }
@@ -186,6 +189,9 @@ async fn run_main(path: &Path) -> ExitCode {
         }
     };
     init_logs(config.log.format);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let Some(signals) = Signals::install() else {
         return ExitCode::FAILURE;
     };

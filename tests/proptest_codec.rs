@@ -11,6 +11,7 @@ use wsgate::auth::OriginPolicy;
 use wsgate::config::Source;
 use wsgate::conn::handshake;
 use wsgate::relay::inbound::{DirCtx, Events, Inbound};
+use wsgate::relay::inflate::Inspect;
 use wsgate::request;
 use wsgate::ws::close::{ClosePayload, parse_close};
 use wsgate::ws::frame::{self, ControlFrame, Header, MAX_CONTROL_PAYLOAD, parse_header};
@@ -234,6 +235,11 @@ fn ctx(from_client: bool, max: u64, deflate: bool) -> DirCtx<'static> {
         validate_utf8: true,
         validate_json: false,
         deflate,
+        // Compressed messages are inflated (arbitrary bytes: mostly corrupt
+        // data, which must close, never panic), with and without a window.
+        inspect: deflate.then_some(Inspect {
+            keep_window: from_client,
+        }),
         app_ping: None,
     }
 }

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsgate::config::Config;
 use wsgate::metrics::Metrics;
+use wsgate::relay::inflate::Inspect;
 use wsgate::relay::{Policy, Relay, Report, Session};
 use wsgate::ws::frame::{self, opcode};
 
@@ -57,15 +59,20 @@ fn start_with(
     cancel: CancellationToken,
     shutdown: CancellationToken,
 ) -> (Link, Tokens) {
-    let (client_far, client_near) = tokio::io::duplex(PIPE);
-    let (backend_far, backend_near) = tokio::io::duplex(PIPE);
-    let metrics = Arc::new(Metrics::new());
     let session = Session {
         deflate: false,
+        inspect: [None, None],
         token_expires,
         cancel: cancel.clone(),
         shutdown: shutdown.clone(),
     };
+    (start_session(policy, session), Tokens { shutdown })
+}
+
+fn start_session(policy: Arc<Policy>, session: Session) -> Link {
+    let (client_far, client_near) = tokio::io::duplex(PIPE);
+    let (backend_far, backend_near) = tokio::io::duplex(PIPE);
+    let metrics = Arc::new(Metrics::new());
     let mut relay = Relay::new(
         client_near,
         Bytes::new(),
@@ -79,15 +86,12 @@ fn start_with(
         std::future::poll_fn(|cx| relay.poll_relay(cx)).await;
         (relay.report(), Instant::now())
     });
-    (
-        Link {
-            client: client_far,
-            backend: backend_far,
-            done,
-            metrics,
-        },
-        Tokens { shutdown },
-    )
+    Link {
+        client: client_far,
+        backend: backend_far,
+        done,
+        metrics,
+    }
 }
 
 /// A whole single-frame message or control frame, as a peer writes it.
@@ -517,4 +521,167 @@ async fn shutdown_ends_once_both_peers_answer_without_waiting_for_eof() {
     let mut rest = Vec::new();
     link.client.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+}
+
+// ---------------------------------------------------------------------------
+// permessage-deflate: compressed messages judged on their inflated text
+// ---------------------------------------------------------------------------
+
+/// A relay with permessage-deflate negotiated and inspected: the client
+/// compresses without context takeover, the backend as `backend_window`.
+fn start_deflate(extra: &str, backend_window: bool) -> Link {
+    let policy = Arc::new(Policy::from_config(&config(extra)));
+    let shutdown = CancellationToken::new();
+    start_session(
+        policy,
+        Session {
+            deflate: true,
+            inspect: [
+                Some(Inspect { keep_window: false }),
+                Some(Inspect {
+                    keep_window: backend_window,
+                }),
+            ],
+            token_expires: None,
+            cancel: shutdown.child_token(),
+            shutdown,
+        },
+    )
+}
+
+/// RFC 7692: deflate with a sync flush, the 4-byte tail removed.
+fn deflate(c: &mut Compress, msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 1024);
+    c.compress_vec(msg, &mut out, FlushCompress::Sync).unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn fresh() -> Compress {
+    Compress::new(Compression::default(), false)
+}
+
+/// `encode` with RSV1 set (a compressed message's first frame).
+fn compressed(op: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = encode(op, payload, mask);
+    f[0] |= 0x40;
+    f
+}
+
+/// Reads exactly `n` bytes.
+async fn read_n(io: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    io.read_exact(&mut buf).await.unwrap();
+    buf
+}
+
+const APP_PING: &str = "[heartbeat]\napp_ping = 'ping!'\napp_pong = 'pong!'\n";
+
+#[tokio::test(start_paused = true)]
+async fn compressed_app_ping_split_across_reads_is_answered_and_dropped() {
+    let mut link = start_deflate(APP_PING, false);
+    let ping = compressed(opcode::TEXT, &deflate(&mut fresh(), b"ping!"), Some(MASK));
+    // Byte by byte: the relay must wait for the whole small frame.
+    for b in &ping {
+        link.client.write_all(&[*b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        read_frame(&mut link.client).await.unwrap(),
+        (opcode::TEXT, b"pong!".to_vec())
+    );
+    // A compressed text that is not app_ping, of the same size class, is
+    // forwarded byte for byte; nothing of the ping came before it.
+    let other = compressed(opcode::TEXT, &deflate(&mut fresh(), b"ping?"), Some(MASK));
+    link.client.write_all(&other).await.unwrap();
+    assert_eq!(read_n(&mut link.backend, other.len()).await, other);
+    link.client
+        .write_all(&encode(opcode::CLOSE, &close_payload(1000, ""), Some(MASK)))
+        .await
+        .unwrap();
+    let (code, _, _) = read_close(&mut link.backend).await;
+    assert_eq!(code, 1000);
+    link.backend
+        .write_all(&encode(opcode::CLOSE, &close_payload(1000, ""), None))
+        .await
+        .unwrap();
+    let (report, _) = link.done.await.unwrap();
+    assert_eq!(report.client_to_backend.messages, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_compressed_messages_pass_unchanged_and_a_window_is_kept_for_the_backend() {
+    let mut link = start_deflate("[limits]\nmax_message_bytes = 4096\n", true);
+    // The backend compresses with context takeover: message n refers to
+    // message n-1; the relay must keep the window between them.
+    let mut backend = fresh();
+    let mut client = Vec::new();
+    for i in 0..200u32 {
+        let text = format!("{{\"seq\":{i},\"body\":\"{}\"}}", "lorem ipsum ".repeat(40));
+        let f = compressed(opcode::TEXT, &deflate(&mut backend, text.as_bytes()), None);
+        link.backend.write_all(&f).await.unwrap();
+        assert_eq!(read_n(&mut link.client, f.len()).await, f);
+        // Uncompressed messages between the compressed ones.
+        if i % 10 == 0 {
+            let plain = encode(opcode::BINARY, &[i as u8; 100], Some(MASK));
+            link.client.write_all(&plain).await.unwrap();
+            client.extend_from_slice(&plain);
+        }
+    }
+    assert_eq!(read_n(&mut link.backend, client.len()).await, client);
+    // Over the limit once inflated, though tiny on the wire: 1009.
+    let f = compressed(opcode::TEXT, &deflate(&mut backend, &[b'a'; 5000]), None);
+    assert!(f.len() < 100);
+    link.backend.write_all(&f).await.unwrap();
+    let (code, reason, _) = read_close(&mut link.backend).await;
+    assert_eq!((code, reason.as_str()), (1009, "message too big"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn compressed_json_is_held_until_its_inflated_text_is_judged() {
+    let mut link = start_deflate("[limits]\nvalidate_json = true\n", false);
+    let good = compressed(
+        opcode::TEXT,
+        &deflate(&mut fresh(), br#"{"ok":true}"#),
+        Some(MASK),
+    );
+    link.client.write_all(&good).await.unwrap();
+    assert_eq!(read_n(&mut link.backend, good.len()).await, good);
+    let bad = compressed(
+        opcode::TEXT,
+        &deflate(&mut fresh(), b"{not json"),
+        Some(MASK),
+    );
+    link.client.write_all(&bad).await.unwrap();
+    let (code, reason, _) = read_close(&mut link.client).await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1007, "text message is not valid JSON")
+    );
+    // The backend never saw the bad message: its next frame is a close.
+    let (op, _) = read_frame(&mut link.backend).await.unwrap();
+    assert_eq!(op, opcode::CLOSE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn compressed_app_pings_are_not_rate_limited_but_other_messages_are() {
+    let mut link = start_deflate(
+        &format!("[limits]\nmessages_per_sec = 1\nburst = 1\n{APP_PING}"),
+        false,
+    );
+    let ping = compressed(opcode::TEXT, &deflate(&mut fresh(), b"ping!"), Some(MASK));
+    for _ in 0..5 {
+        link.client.write_all(&ping).await.unwrap();
+        assert_eq!(
+            read_frame(&mut link.client).await.unwrap(),
+            (opcode::TEXT, b"pong!".to_vec())
+        );
+    }
+    // Two small compressed messages at once: the second is over the rate.
+    let other = compressed(opcode::TEXT, &deflate(&mut fresh(), b"pong?"), Some(MASK));
+    link.client.write_all(&other).await.unwrap();
+    link.client.write_all(&other).await.unwrap();
+    let (code, _, _) = read_close(&mut link.client).await;
+    assert_eq!(code, 4029);
 }

@@ -28,6 +28,9 @@ pub const MAX_FRAME_PAYLOAD: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: a compressed message's first frame (permessage-deflate, which the
+    /// harness negotiates only with `--deflate`).
+    pub rsv1: bool,
     pub opcode: u8,
     pub mask: Option<[u8; 4]>,
     pub header_len: usize,
@@ -42,20 +45,21 @@ impl Header {
 
 /// Parses a frame header from the start of `buf`. `Ok(None)` means "need more bytes".
 /// The parsing is wsgate's own (`wsgate::ws::frame`); the harness only refuses what it
-/// never negotiates (RSV bits) and frames beyond its own size cap.
+/// never negotiates (RSV2, RSV3) and frames beyond its own size cap.
 pub fn parse_header(buf: &[u8]) -> io::Result<Option<Header>> {
     let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
     let Some(h) = wsgate::ws::frame::parse_header(buf).map_err(|e| invalid(e.to_string()))? else {
         return Ok(None);
     };
-    if h.rsv != 0 {
-        return Err(invalid("RSV bits set".into()));
+    if h.rsv & 0b011 != 0 {
+        return Err(invalid("RSV2/RSV3 set".into()));
     }
     if h.payload_len > MAX_FRAME_PAYLOAD {
         return Err(invalid("frame too large".into()));
     }
     Ok(Some(Header {
         fin: h.fin,
+        rsv1: h.rsv & 0b100 != 0,
         opcode: h.opcode,
         mask: h.mask,
         header_len: h.header_len,
@@ -211,13 +215,29 @@ pub async fn ws_connect(
     src: Option<Ipv4Addr>,
     timeout: Duration,
 ) -> io::Result<(TcpStream, Vec<u8>)> {
+    ws_connect_with(url, target, src, timeout, "").await
+}
+
+/// The permessage-deflate offer of `--deflate` runs: no context takeover
+/// either way, so every message is a self-contained deflate stream.
+pub const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; \
+     client_no_context_takeover; server_no_context_takeover\r\n";
+
+/// [`ws_connect`] with extra request header lines (each ending in CRLF).
+pub async fn ws_connect_with(
+    url: &WsUrl,
+    target: &str,
+    src: Option<Ipv4Addr>,
+    timeout: Duration,
+    extra_headers: &str,
+) -> io::Result<(TcpStream, Vec<u8>)> {
     let fut = async {
         let mut s = connect_from(url.addr, src).await?;
         let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
         let req = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n",
             url.host
         );
         s.write_all(req.as_bytes()).await?;

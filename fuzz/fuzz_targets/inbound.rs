@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wsgate::relay::inbound::{DirCtx, Events, Inbound};
+use wsgate::relay::inflate::Inspect;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
@@ -25,6 +26,10 @@ fuzz_target!(|data: &[u8]| {
         validate_utf8: flags & 2 != 0,
         validate_json: flags & 4 != 0,
         deflate: flags & 8 != 0,
+        // Compressed messages inflated (with or without a kept window).
+        inspect: (flags & 8 != 0 && flags & 64 == 0).then_some(Inspect {
+            keep_window: flags & 32 != 0,
+        }),
         app_ping: (flags & 16 != 0).then_some(&b"{\"type\":\"ping\"}"[..]),
     };
     let mut inb = Inbound::default();

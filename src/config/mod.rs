@@ -16,9 +16,9 @@ use std::fmt;
 use std::path::Path;
 
 pub use schema::{
-    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, DEFAULT_POOL, HealthConfig,
-    HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, RouteConfig, RouteOn,
-    RoutingConfig, Serve, ServerConfig, TlsConfig,
+    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, DEFAULT_POOL, DeflateMode,
+    HealthConfig, HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, RouteConfig,
+    RouteOn, RoutingConfig, Serve, ServerConfig, TlsConfig,
 };
 pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
 pub use validate::MIN_REQUEST_HEAD_BYTES;
@@ -98,6 +98,31 @@ impl Config {
         validate::config(&config).map_err(|inv| from_invalid(text, inv))?;
         Ok(config)
     }
+
+    /// Settings that are valid but switch a promise off: `wsgate check`
+    /// prints these (one sentence each) and still succeeds.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let l = &self.limits;
+        if l.permessage_deflate == DeflateMode::Passthrough {
+            let mut off = vec!["max_message_bytes counts compressed bytes"];
+            if l.validate_utf8 {
+                off.push("validate_utf8");
+            }
+            if l.validate_json {
+                off.push("validate_json");
+            }
+            if !self.heartbeat.app_ping.is_empty() {
+                off.push("app_ping");
+            }
+            w.push(format!(
+                "config key `limits.permessage_deflate` is \"passthrough\": for compressed messages {} {} off",
+                off.join(", "),
+                if off.len() == 1 { "is the only limit, the inflated size is" } else { "are" },
+            ));
+        }
+        w
+    }
 }
 
 /// A toml/serde error, with the line and dotted key its span points at.
@@ -154,9 +179,30 @@ mod tests {
         assert_eq!(c.health.route_on, RouteOn::Ws);
         assert_eq!(c.heartbeat.client_interval.get(), Duration::from_secs(30));
         assert_eq!(c.limits.max_message_bytes, 1 << 20);
+        assert_eq!(c.limits.permessage_deflate, DeflateMode::Inspect);
+        assert!(c.warnings().is_empty());
         assert_eq!(c.auth.mode, AuthMode::None);
         assert_eq!(c.admin.listen.0[0].to_string(), "127.0.0.1:9090");
         assert_eq!(c.backends[0].url.port, 9001);
+    }
+
+    #[test]
+    fn passthrough_deflate_warns_which_promises_are_off() {
+        let c = Config::parse(&format!(
+            "{MIN}[limits]\npermessage_deflate = \"passthrough\"\n"
+        ))
+        .unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("validate_utf8") && w[0].contains("max_message_bytes"),
+            "{w:?}"
+        );
+        let c = Config::parse(&format!("{MIN}[limits]\npermessage_deflate = \"off\"\n")).unwrap();
+        assert!(c.warnings().is_empty());
+        let e =
+            Config::parse(&format!("{MIN}[limits]\npermessage_deflate = \"zip\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("limits.permessage_deflate"), "{e}");
     }
 
     #[test]

@@ -309,6 +309,24 @@ pub struct LimitsConfig {
     pub validate_utf8: bool,
     #[serde(default)]
     pub validate_json: bool,
+    #[serde(default)]
+    pub permessage_deflate: DeflateMode,
+}
+
+/// What the gateway does with permessage-deflate (RFC 7692).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeflateMode {
+    /// Negotiated end to end; the gateway inflates compressed messages to
+    /// enforce its limits and validation (and asks the sides it inspects to
+    /// compress without context takeover).
+    #[default]
+    Inspect,
+    /// Negotiated end to end, compressed messages pass unjudged: their
+    /// size counts compressed bytes, UTF-8, JSON and `app_ping` are off.
+    Passthrough,
+    /// The gateway removes the extension from the upgrade.
+    Off,
 }
 
 impl Default for LimitsConfig {
@@ -322,6 +340,7 @@ impl Default for LimitsConfig {
             slow_consumer_timeout: default_slow_consumer_timeout(),
             validate_utf8: true,
             validate_json: false,
+            permessage_deflate: DeflateMode::Inspect,
         }
     }
 }

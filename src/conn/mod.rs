@@ -184,7 +184,12 @@ async fn connect<B>(
         // requests) keeps the upgrade on the same backend.
         http::prefer_cookie(snap, route.pool, req.headers(), &mut candidates);
     }
-    dial(req, ctx, snap, admitted, &candidates).await
+    let mut connected = dial(req, ctx, snap, admitted, &candidates).await?;
+    if let Connected::Upgraded(_, up) = &mut connected {
+        let mode = snap.config.limits.permessage_deflate;
+        up.extensions = headers::answer_deflate(up.extensions.take(), mode);
+    }
+    Ok(connected)
 }
 
 /// What dialing came to.
@@ -231,6 +236,8 @@ async fn dial<B>(
             &backend.url.authority(),
             admitted,
         );
+        let mut h = h;
+        headers::offer_deflate(&mut h, snap.config.limits.permessage_deflate);
         let timeout = snap.config.routing.connect_timeout.get();
         match dial::dial(backend, &path, h, timeout).await {
             Ok(Dialed::Upgraded(u)) => return Ok(Connected::Upgraded(backend.clone(), u)),
@@ -398,13 +405,13 @@ fn start_relay(
     started: Instant,
 ) {
     let metrics = ctx.shared.metrics.clone();
-    let deflate = up
-        .extensions
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("permessage-deflate"));
+    let (deflate, inspect) = headers::deflate_session(
+        up.extensions.as_ref(),
+        snap.config.limits.permessage_deflate,
+    );
     let session = Session {
         deflate,
+        inspect,
         token_expires: admitted.expires_at,
         cancel: backend.cancel.clone(),
         shutdown: ctx.shared.shutdown.clone(),

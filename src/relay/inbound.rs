@@ -5,7 +5,13 @@
 //! keep the client's mask); they are only *read* when a feature needs them:
 //! UTF-8 or JSON validation, the gateway's own pongs, `app_ping`, close
 //! frames. This module never does I/O; the relay hands it a buffer.
+//!
+//! Compressed messages (permessage-deflate, RSV1) from a sender the relay
+//! inspects are inflated as they pass (see `inflate`): the limits and the
+//! validation judge the inflated text, and the frames still go out as
+//! they came.
 
+use crate::relay::inflate::{Corrupt, Inflater, Inspect};
 use crate::relay::rate::Bucket;
 use crate::ws::close::{self, ClosePayload, code as close_code};
 use crate::ws::frame::{self, Header, MAX_CONTROL_PAYLOAD, opcode};
@@ -40,6 +46,10 @@ pub struct DirCtx<'a> {
     pub validate_json: bool,
     /// permessage-deflate was negotiated: RSV1 may mark compressed messages.
     pub deflate: bool,
+    /// Compressed messages from this sender are inflated and judged like
+    /// the others; `None`: they pass unjudged (`permessage_deflate =
+    /// "passthrough"`, or no deflate).
+    pub inspect: Option<Inspect>,
     /// `app_ping` text, only on the client direction.
     pub app_ping: Option<&'a [u8]>,
 }
@@ -66,6 +76,18 @@ struct Msg {
     len: u64,
 }
 
+/// A compressed single-frame text message small enough to be `app_ping`
+/// is inflated whole before its header goes out, so it can be consumed.
+const APP_PING_COMPRESSED_MAX: u64 = 128;
+
+/// The inflated start of a message that may be `app_ping`.
+struct Tap {
+    buf: [u8; MAX_CONTROL_PAYLOAD],
+    len: usize,
+    /// More came than `buf` holds: not `app_ping`.
+    over: bool,
+}
+
 /// A text message held back until it is known to be valid JSON.
 #[derive(Debug, Default)]
 struct Held {
@@ -81,7 +103,9 @@ pub struct Inbound {
     /// Payload bytes still to come of the frame being forwarded.
     remaining: u64,
     frame_mask: Option<[u8; 4]>,
-    frame_off: u64,
+    /// Offset in the current frame's payload, modulo 4: only the mask's
+    /// phase needs it (a byte instead of a u64 pays for `inflater`).
+    frame_off: u8,
     /// The current data frame ends its message.
     frame_fin: bool,
     /// The current frame's payload still needs UTF-8 validation.
@@ -89,6 +113,11 @@ pub struct Inbound {
     msg: Option<Msg>,
     utf8: Utf8Validator,
     held: Option<Box<Held>>,
+    /// The current frame's payload still needs inflating.
+    check_inflate: bool,
+    /// The compressed message in progress's inflater; kept between messages
+    /// only for a sender with context takeover.
+    inflater: Option<Box<Inflater>>,
 }
 
 enum Captured {
@@ -175,19 +204,27 @@ impl Inbound {
                 if self.check_utf8 && self.validate_payload(&buf[r..r + k]).is_err() {
                     return (w, Some(invalid_utf8()));
                 }
+                if self.check_inflate
+                    && let Err(v) = self.inflate(Some(&buf[r..r + k]), ctx, None)
+                {
+                    return (w, Some(v));
+                }
                 if let Some(h) = self.held.as_mut() {
                     h.raw.extend_from_slice(&buf[r..r + k]);
-                    let at = h.payload.len();
-                    h.payload.extend_from_slice(&buf[r..r + k]);
-                    if let Some(m) = self.frame_mask {
-                        frame::apply_mask(&mut h.payload[at..], m, self.frame_off);
+                    // A compressed message's held payload is its inflated text.
+                    if !self.msg.is_some_and(|m| m.compressed) {
+                        let at = h.payload.len();
+                        h.payload.extend_from_slice(&buf[r..r + k]);
+                        if let Some(m) = self.frame_mask {
+                            frame::apply_mask(&mut h.payload[at..], m, self.frame_off.into());
+                        }
                     }
                 } else {
                     buf.copy_within(r..r + k, w);
                     w += k;
                 }
                 r += k;
-                self.frame_off += k as u64;
+                self.frame_off = ((usize::from(self.frame_off) + k) % 4) as u8;
                 self.remaining -= k as u64;
                 if self.remaining > 0 {
                     break;
@@ -240,10 +277,66 @@ impl Inbound {
                 continue;
             }
             // A data frame, forwarded as it streams in.
-            if let Err(v) = self.start_data_frame(&h, ctx, bucket, now) {
+            let total = h.header_len + h.payload_len as usize;
+            let maybe_ping = self.maybe_compressed_app_ping(&h, ctx);
+            if maybe_ping && avail < total {
+                self.carry.extend_from_slice(&buf[r..]);
+                break;
+            }
+            // A possible app_ping takes its rate token only once it is known
+            // not to be one (app_ping is never rate-limited).
+            let mut no_bucket = None;
+            let frame_bucket = if maybe_ping {
+                &mut no_bucket
+            } else {
+                &mut *bucket
+            };
+            if let Err(v) = self.start_data_frame(&h, ctx, frame_bucket, now) {
                 return (w, Some(v));
             }
             ev.payload_bytes += h.payload_len;
+            // Inflate a whole compressed frame before its header goes out,
+            // like the UTF-8 check below.
+            if self.check_inflate && avail >= total {
+                let p = &buf[r + h.header_len..r + total];
+                let mut tap = maybe_ping.then_some(Tap {
+                    buf: [0; MAX_CONTROL_PAYLOAD],
+                    len: 0,
+                    over: false,
+                });
+                let done = self
+                    .inflate(Some(p), ctx, tap.as_mut())
+                    .and_then(|()| match h.fin {
+                        true => self.inflate(None, ctx, tap.as_mut()),
+                        false => Ok(()),
+                    });
+                if let Err(v) = done {
+                    self.remaining = 0;
+                    return (w, Some(v));
+                }
+                self.check_inflate = false;
+                if let Some(t) = tap
+                    && !t.over
+                    && ctx.app_ping == Some(&t.buf[..t.len])
+                {
+                    // Consumed whole: nothing of it goes out.
+                    self.remaining = 0;
+                    self.msg = None;
+                    self.held = None;
+                    self.release_inflater(ctx);
+                    ev.payload_bytes -= h.payload_len;
+                    ev.app_pings += 1;
+                    r += total;
+                    continue;
+                }
+                if maybe_ping
+                    && let Some(b) = bucket.as_mut()
+                    && !b.take_message(h.payload_len, now)
+                {
+                    self.remaining = 0;
+                    return (w, Some(rate_limited()));
+                }
+            }
             // Validate a whole frame before its header goes out, so a bad
             // frame is never half-forwarded.
             if self.check_utf8 && avail >= h.header_len + h.payload_len as usize {
@@ -287,8 +380,13 @@ impl Inbound {
         }
         if h.rsv & 0b100 != 0 && !(ctx.deflate && matches!(h.opcode, opcode::TEXT | opcode::BINARY))
         {
+            // RFC 7692 section 6.1: RSV1 only on a message's first frame.
             return Err(Violation::protocol(
-                "RSV1 set without a negotiated extension",
+                if ctx.deflate && h.opcode == opcode::CONTINUATION {
+                    "RSV1 set on a continuation frame"
+                } else {
+                    "RSV1 set without a negotiated extension"
+                },
             ));
         }
         match h.opcode {
@@ -300,7 +398,17 @@ impl Inbound {
             )),
             opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
                 let so_far = self.msg.map_or(0, |m| m.len);
-                if so_far.saturating_add(h.payload_len) > ctx.max_message_bytes {
+                let compressed = self.msg.map_or(h.rsv & 0b100 != 0, |m| m.compressed);
+                // An inspected compressed message is limited on its inflated
+                // size; on the wire it may be a little larger than that
+                // (stored blocks), never much.
+                let limit = match compressed && ctx.inspect.is_some() {
+                    true => ctx
+                        .max_message_bytes
+                        .saturating_add(ctx.max_message_bytes / 64 + 64),
+                    false => ctx.max_message_bytes,
+                };
+                if so_far.saturating_add(h.payload_len) > limit {
                     Err(Violation {
                         code: close_code::MESSAGE_TOO_BIG,
                         reason: "message too big",
@@ -411,8 +519,14 @@ impl Inbound {
                 len: 0,
             });
             self.utf8 = Utf8Validator::default();
-            if text && !compressed && ctx.validate_json && ctx.from_client {
+            let inspected = compressed && ctx.inspect.is_some();
+            if text && (!compressed || inspected) && ctx.validate_json && ctx.from_client {
                 self.held = Some(Box::default());
+            }
+            if inspected {
+                self.inflater
+                    .get_or_insert_with(Inflater::take)
+                    .begin_message();
             }
         } else if let Some(b) = bucket.as_mut()
             && !b.take_bytes(h.payload_len, now)
@@ -427,6 +541,7 @@ impl Inbound {
         self.frame_fin = h.fin;
         // A held message is validated whole (as JSON) at its end.
         self.check_utf8 = msg.text && !msg.compressed && ctx.validate_utf8 && self.held.is_none();
+        self.check_inflate = msg.compressed && ctx.inspect.is_some();
         Ok(())
     }
 
@@ -440,9 +555,18 @@ impl Inbound {
         spill: &mut Vec<u8>,
     ) -> Result<(), Violation> {
         self.check_utf8 = false;
+        self.check_inflate = false;
         if !self.frame_fin {
             return Ok(());
         }
+        if self
+            .msg
+            .is_some_and(|m| m.compressed && ctx.inspect.is_some())
+            && self.inflater.as_ref().is_some_and(|i| !i.message_done())
+        {
+            self.inflate(None, ctx, None)?;
+        }
+        self.release_inflater(ctx);
         let msg = self.msg.take().expect("a data frame belongs to a message");
         if msg.text && !msg.compressed && ctx.validate_utf8 && self.held.is_none() {
             self.utf8.finish().map_err(|_| invalid_utf8())?;
@@ -459,6 +583,81 @@ impl Inbound {
         Ok(())
     }
 
+    /// A compressed text message of one small frame from a sender without
+    /// context takeover (so dropping it leaves the receiver's window
+    /// intact): it may be `app_ping`.
+    fn maybe_compressed_app_ping(&self, h: &Header, ctx: &DirCtx<'_>) -> bool {
+        ctx.app_ping.is_some()
+            && h.opcode == opcode::TEXT
+            && h.fin
+            && h.rsv == 0b100
+            && h.payload_len <= APP_PING_COMPRESSED_MAX
+            && ctx.inspect.is_some_and(|i| !i.keep_window)
+    }
+
+    /// Inflates payload bytes of the current frame (`None`: the message's
+    /// end), judging the output: the size limit (1009), UTF-8 (1007), and
+    /// keeping it for a held JSON message. Stops at the first violation, so
+    /// at most one output chunk past `max_message_bytes` is ever inflated.
+    fn inflate(
+        &mut self,
+        bytes: Option<&[u8]>,
+        ctx: &DirCtx<'_>,
+        mut tap: Option<&mut Tap>,
+    ) -> Result<(), Violation> {
+        let (Some(inf), Some(msg)) = (self.inflater.as_mut(), self.msg) else {
+            return Ok(());
+        };
+        let utf8 = &mut self.utf8;
+        let held = &mut self.held;
+        let check_utf8 = msg.text && ctx.validate_utf8 && held.is_none();
+        let max = ctx.max_message_bytes;
+        let mut sink = |out: &[u8], inflated: u64| -> Result<(), Violation> {
+            if inflated > max {
+                return Err(too_big());
+            }
+            if check_utf8 {
+                utf8.feed(out).map_err(|_| invalid_utf8())?;
+            }
+            if let Some(h) = held.as_mut() {
+                h.payload.extend_from_slice(out);
+            }
+            if let Some(t) = tap.as_mut()
+                && !t.over
+            {
+                match t.buf.get_mut(t.len..t.len + out.len()) {
+                    Some(dst) => {
+                        dst.copy_from_slice(out);
+                        t.len += out.len();
+                    }
+                    None => t.over = true,
+                }
+            }
+            Ok(())
+        };
+        match bytes {
+            Some(b) => inf.feed(b, self.frame_mask, self.frame_off.into(), &mut sink),
+            None => {
+                inf.finish(&mut sink)?;
+                if check_utf8 {
+                    self.utf8.finish().map_err(|_| invalid_utf8())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The message ended: its inflater goes back to the thread's pool,
+    /// unless the sender keeps its context between messages.
+    fn release_inflater(&mut self, ctx: &DirCtx<'_>) {
+        if ctx.inspect.is_some_and(|i| i.keep_window) {
+            return;
+        }
+        if let Some(i) = self.inflater.take() {
+            Inflater::give(i);
+        }
+    }
+
     fn validate_payload(&mut self, masked: &[u8]) -> Result<(), InvalidUtf8> {
         match self.frame_mask {
             None => self.utf8.feed(masked),
@@ -466,7 +665,7 @@ impl Inbound {
                 // Unmask through a small stack buffer: the forwarded bytes
                 // keep the client's mask.
                 let mut tmp = [0u8; 512];
-                let mut off = self.frame_off;
+                let mut off = u64::from(self.frame_off);
                 for chunk in masked.chunks(tmp.len()) {
                     let t = &mut tmp[..chunk.len()];
                     t.copy_from_slice(chunk);
@@ -483,6 +682,22 @@ impl Inbound {
 impl DirCtx<'_> {
     fn json_ok(&self, payload: &[u8]) -> bool {
         serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+    }
+}
+
+impl From<Corrupt> for Violation {
+    fn from(_: Corrupt) -> Violation {
+        Violation {
+            code: close_code::INVALID_PAYLOAD,
+            reason: "invalid compressed data",
+        }
+    }
+}
+
+fn too_big() -> Violation {
+    Violation {
+        code: close_code::MESSAGE_TOO_BIG,
+        reason: "message too big",
     }
 }
 

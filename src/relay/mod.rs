@@ -5,6 +5,7 @@
 //! This file is the poll loop only. Its rooms:
 //! - `peer`: one end (socket, pending bytes, where its close stands);
 //! - `inbound`: one direction's frame parser, limits and validation;
+//! - `inflate`: inflating compressed (permessage-deflate) messages to judge them;
 //! - `ending`: how a connection ends, and what that means toward each side;
 //! - `timers`: the one `Sleep` and every deadline it serves;
 //! - `policy`: the relay's view of the config; `rate`: token buckets.
@@ -24,6 +25,7 @@
 
 pub mod ending;
 pub mod inbound;
+pub mod inflate;
 pub mod peer;
 pub mod policy;
 pub mod rate;
@@ -46,6 +48,7 @@ use crate::side::Side;
 use crate::ws::close::{code, valid_on_wire};
 use ending::{Ending, Toward};
 use inbound::{DirCtx, Events, Violation};
+use inflate::Inspect;
 use peer::{Peer, Reading, Traffic};
 use rate::Bucket;
 use timers::{Beat, Timers};
@@ -91,6 +94,9 @@ impl RelayIo for tokio::io::DuplexStream {}
 pub struct Session {
     /// permessage-deflate was negotiated end to end (RSV1 allowed).
     pub deflate: bool,
+    /// How compressed messages from each side (indexed by [`Side`]) are
+    /// inspected; `None`: not inspected (passthrough).
+    pub inspect: [Option<Inspect>; 2],
     /// When the client's token expires (close 4001 "token expired").
     pub token_expires: Option<Instant>,
     /// Fires when this connection must end: shutdown, or its backend was
@@ -118,6 +124,7 @@ pub struct Relay<S> {
     policy: Arc<Policy>,
     metrics: Arc<Metrics>,
     deflate: bool,
+    inspect: [Option<Inspect>; 2],
     /// Boxed: most connections have no rate limit.
     bucket: Option<Box<Bucket>>,
     timers: Timers,
@@ -156,6 +163,7 @@ impl<S: RelayIo> Relay<S> {
             policy,
             metrics,
             deflate: session.deflate,
+            inspect: session.inspect,
             timers: Timers::new(now, session.token_expires),
             cancelled: Box::pin(session.cancel.cancelled_owned()),
             cancel_seen: false,
@@ -250,6 +258,7 @@ impl<S: RelayIo> Relay<S> {
                 // JSON and app_ping apply to what clients send only.
                 validate_json: policy.validate_json && from == Side::Client,
                 deflate: self.deflate,
+                inspect: self.inspect[from as usize],
                 app_ping: match from {
                     Side::Client => policy.app_ping.as_ref().map(|(p, _)| &p[..]),
                     Side::Backend => None,

@@ -5,7 +5,10 @@
 //! pongs, a close is answered with the same close payload and then the TCP connection
 //! is closed (server closes first, RFC 6455 section 7.1.1). Plain HTTP requests are
 //! served with keep-alive: `GET /64k` gets 65536 bytes, anything else `ok\n` (so HTTP
-//! health checks pass). It never validates UTF-8 and never compresses.
+//! health checks pass). It never validates UTF-8 and never compresses: when a client
+//! offers permessage-deflate it accepts without context takeover either way and echoes
+//! compressed frames (RSV1) as they came, which is valid since each of the client's
+//! messages is then a self-contained deflate stream.
 
 use std::io;
 use std::net::SocketAddr;
@@ -129,9 +132,16 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
     let Some(key) = header_value(&head, "sec-websocket-key") else {
         return serve_http(s, buf).await;
     };
+    let ext = match header_value(&head, "sec-websocket-extensions") {
+        Some(v) if v.contains("permessage-deflate") => {
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n"
+        }
+        _ => "",
+    };
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
+         Sec-WebSocket-Accept: {}\r\n{ext}\r\n",
         accept_key(key)
     );
     s.write_all(resp.as_bytes()).await?;
@@ -159,7 +169,11 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
             };
             if let Some(op) = reply_op {
                 let fin = h.fin || op == opcode::PONG || op == opcode::CLOSE;
+                let at = out.len();
                 put_header(&mut out, fin, op, h.payload_len, None);
+                if h.rsv1 {
+                    out[at] |= 0x40;
+                }
                 let start = out.len();
                 out.extend_from_slice(&buf[payload]);
                 if let Some(m) = h.mask {

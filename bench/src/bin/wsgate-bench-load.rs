@@ -20,9 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use wsgate_bench::{
-    CLOCK_TICKS_PER_SEC, MAX_HEAD_BYTES, SourceAddrs, WsUrl, apply_mask, connect_from, head_end,
-    header_value, mask_key, opcode, parse_header, put_header, put_masked_frame, self_cpu_ticks,
-    total_cpu_ticks, ws_connect,
+    CLOCK_TICKS_PER_SEC, DEFLATE_OFFER, MAX_HEAD_BYTES, SourceAddrs, WsUrl, apply_mask,
+    connect_from, head_end, header_value, mask_key, opcode, parse_header, put_header,
+    put_masked_frame, self_cpu_ticks, total_cpu_ticks, ws_connect_with,
 };
 
 /// How long one connect + upgrade may take.
@@ -59,6 +59,10 @@ struct Common {
     /// Do not bind client sockets to spread 127.1.x.y source addresses.
     #[arg(long)]
     no_spread: bool,
+    /// Offer permessage-deflate (no context takeover); `throughput` then sends
+    /// JSON-like text of --size bytes, compressed (RSV1), instead of binary.
+    #[arg(long)]
+    deflate: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +168,7 @@ struct Ctx {
     src: SourceAddrs,
     next_id: AtomicU64,
     pids: Vec<u32>,
+    deflate: bool,
 }
 
 impl Ctx {
@@ -179,6 +184,7 @@ impl Ctx {
             src: SourceAddrs::new(SOURCE_ADDRS),
             next_id: AtomicU64::new(0),
             pids: c.pids.clone(),
+            deflate: c.deflate,
         }))
     }
 
@@ -187,7 +193,8 @@ impl Ctx {
         let url = &self.urls[n as usize % self.urls.len()];
         let target = url.target_with_client_id(&format!("c{n}"));
         let src = self.spread.then(|| self.src.next());
-        ws_connect(url, &target, src, CONNECT_TIMEOUT).await
+        let extra = if self.deflate { DEFLATE_OFFER } else { "" };
+        ws_connect_with(url, &target, src, CONNECT_TIMEOUT, extra).await
     }
 
     fn next_id(&self) -> u64 {
@@ -398,8 +405,17 @@ async fn throughput(
     let clean_closes = Arc::new(AtomicU64::new(0));
     // A prebuilt masked frame: valid framing, and no per-message masking cost.
     let mut frame = Vec::new();
-    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    put_masked_frame(&mut frame, opcode::BINARY, &payload);
+    if ctx.deflate {
+        // JSON-like text, compressed as one self-contained message (no
+        // context takeover), first frame bit RSV1.
+        let text = json_like(size);
+        let z = deflate_message(text.as_bytes());
+        put_masked_frame(&mut frame, opcode::TEXT, &z);
+        frame[0] |= 0x40;
+    } else {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        put_masked_frame(&mut frame, opcode::BINARY, &payload);
+    }
     let frame = Arc::new(frame);
     let opened = streams.len();
     let mut tasks = Vec::new();
@@ -444,6 +460,8 @@ async fn throughput(
         "messages": msgs,
         "msgs_per_s": rate,
         "mb_per_s": rate * size as f64 / 1e6,
+        "deflate": ctx.deflate,
+        "wire_bytes_per_msg": frame.len(),
         "total_messages": total_msgs.load(Ordering::Relaxed),
         "errors": errors.load(Ordering::Relaxed),
         "clean_closes": clean_closes.load(Ordering::Relaxed),
@@ -1227,4 +1245,43 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(usiz
             return Ok((total, close));
         }
     }
+}
+
+/// `size` bytes of JSON-like text: an array of small records with repeated
+/// keys and varying values, as chat or market-data messages look.
+fn json_like(size: usize) -> String {
+    let mut s = String::from("{\"type\":\"batch\",\"items\":[");
+    let mut i = 0u32;
+    while s.len() < size {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"id\":{},\"user\":\"user-{}\",\"price\":{}.{:02},\"qty\":{},\"side\":\"{}\"}}",
+            1000 + i * 7,
+            i % 13,
+            90 + (i * 37) % 20,
+            (i * 53) % 100,
+            (i * 11) % 500,
+            if i.is_multiple_of(2) { "buy" } else { "sell" }
+        ));
+        i += 1;
+    }
+    s.truncate(size.saturating_sub(2).max(1));
+    while !s.is_char_boundary(s.len()) {
+        s.pop();
+    }
+    s.push_str("]}");
+    s
+}
+
+/// RFC 7692 compression of one message: raw deflate, sync flush, the
+/// `00 00 ff ff` tail removed.
+fn deflate_message(msg: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(msg.len() + 64);
+    c.compress_vec(msg, &mut out, flate2::FlushCompress::Sync)
+        .expect("deflate into a big enough buffer");
+    out.truncate(out.len().saturating_sub(4));
+    out
 }

@@ -112,9 +112,11 @@ export function gatewayBinary() {
 /** The real gateway in front of the backend, configured per SPEC. */
 export class Gateway {
   /** `port`: the client listener's port (0 = any; a fixed one lets a new process take over). */
-  constructor(backendPort, port = 0) {
+  /** `extra`: config text appended before the backends (e.g. a `[limits]` section). */
+  constructor(backendPort, port = 0, extra = '') {
     this.backendPort = backendPort;
     this.port = port;
+    this.extra = extra;
     this.dir = mkdtempSync(join(tmpdir(), 'wsgate-js-'));
   }
   async start() {
@@ -133,6 +135,8 @@ ws_path = ""
 [heartbeat]
 app_ping = '{"type":"ping"}'
 app_pong = '{"type":"pong"}'
+
+${this.extra}
 
 [[backends]]
 name = "b1"
