@@ -17,8 +17,8 @@ use std::path::Path;
 
 pub use schema::{
     AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig,
-    LimitsConfig, LogConfig, LogFormat, RejectWith, RouteOn, RoutingConfig, ServerConfig,
-    TlsConfig,
+    LimitsConfig, LogConfig, LogFormat, RejectWith, ResumeConfig, RouteOn, RoutingConfig,
+    ServerConfig, TlsConfig,
 };
 pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
 pub use validate::MIN_REQUEST_HEAD_BYTES;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use crate::config::schema::{
     AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig, LimitsConfig,
-    RoutingConfig, ServerConfig,
+    ResumeConfig, RoutingConfig, ServerConfig,
 };
 use crate::config::types::Source;
 
@@ -46,7 +46,22 @@ pub fn config(c: &Config) -> Check {
     health(&c.health)?;
     heartbeat(&c.heartbeat)?;
     limits(&c.limits)?;
+    resume(&c.resume)?;
     auth(&c.auth)
+}
+
+fn resume(r: &ResumeConfig) -> Check {
+    if r.enabled && r.window.is_zero() {
+        return Err(invalid("resume", "window", "must be more than 0s"));
+    }
+    if r.max_buffered_bytes < 1024 {
+        return Err(invalid(
+            "resume",
+            "max_buffered_bytes",
+            "must be at least 1024",
+        ));
+    }
+    Ok(())
 }
 
 fn server(s: &ServerConfig) -> Check {
