@@ -176,14 +176,15 @@ fn resume_offer<B>(req: &mut Request<B>, snap: &Snapshot) -> Option<resume::Offe
 }
 
 /// Resume is granted unless a feature only the relay enforces is on (the
-/// client then gets a plain link: no hello).
+/// client then gets a plain link: no hello). `app_ping` does not stand in
+/// the way: wsgate clients use the `\0ping` control message on a
+/// resumable link instead.
 fn resume_granted(snap: &Snapshot, admitted: &Admitted) -> bool {
     let p = &snap.policy;
     let r = &p.rate;
     admitted.refuse_with_close.is_none()
         && !admitted.token_in_first_message
         && !p.validate_json
-        && p.app_ping.is_none()
         && r.messages_per_sec == 0
         && r.bytes_per_sec == 0
 }
@@ -254,13 +255,20 @@ async fn resumable(
         }
     };
     upgraded(&ctx.shared.metrics, started);
-    let protocol = up.protocol.clone();
+    // The client offered `wsgate.resume.v1`: if the backend chose no
+    // subprotocol, that one is the answer (a client that offers
+    // subprotocols may fail a 101 that names none, as tungstenite does).
+    let protocol = up
+        .protocol
+        .clone()
+        .or(Some(HeaderValue::from_static(resume::SUBPROTOCOL)));
     let next = Next::Session {
         admitted,
         backend,
         up,
         owner,
         state,
+        protocol: protocol.clone(),
     };
     Ok(respond_101(req, ctx, snap, protocol, None, next, started))
 }
@@ -384,6 +392,8 @@ enum Next {
         up: Upgraded,
         owner: Owner,
         state: HelloState,
+        /// What the 101 named (a reconnect's 101 repeats it).
+        protocol: Option<HeaderValue>,
     },
     /// A reconnect to a live session.
     Resume {
@@ -444,6 +454,7 @@ fn respond_101(
                 up,
                 owner,
                 state,
+                protocol,
             } => {
                 let attach = Attach {
                     client,
@@ -459,7 +470,7 @@ fn respond_101(
                     policy: snap.policy.clone(),
                     config: snap.config.resume.clone(),
                     owner,
-                    protocol: up.protocol,
+                    protocol,
                     active: backend.enter(&ctx.shared.metrics),
                     cancel: backend.cancel.clone(),
                     shutdown: ctx.shared.shutdown.clone(),

@@ -30,6 +30,13 @@
 //!   raises its one "state lost" event).
 //! - `\0ack <n>`, both ways: the sender has received `n` data messages of
 //!   this session in total (cumulative, so a lost ack costs nothing).
+//! - `\0ping`, client to gateway, answered with `\0pong`: the client
+//!   library's heartbeat on a resumable link (its app-level ping would be a
+//!   data message, numbered and forwarded to the backend).
+//!
+//! The 101 names the subprotocol the backend chose; if it chose none, it
+//! names `wsgate.resume.v1` (the client offered it, and a client that offers
+//! subprotocols may fail a 101 that names none, as tungstenite does).
 //!
 //! **Numbering.** Data messages are numbered implicitly each way: the nth
 //! data message since the session began. Nothing is added to them. The
@@ -67,13 +74,14 @@
 //! do. The shared [`Registry`] maps live credentials to sessions; a
 //! reconnect (on any shard) hands its upgraded socket to the session's task.
 //!
-//! **What a resumable link does not do (yet).** Rate limits, `validate_json`
-//! and `app_ping` are enforced by the relay only: while any of them is
+//! **What a resumable link does not do (yet).** Rate limits and
+//! `validate_json` are enforced by the relay only: while either is
 //! configured the gateway does not grant resume (it strips the offer, sends
 //! no hello, and relays as usual, so the client library sees a plain link).
 //! permessage-deflate is not offered to the backend on a resumable link.
 //! Heartbeats toward the backend are not sent (the backend's own pings are
-//! answered).
+//! answered). `app_ping` is not answered by the gateway on a resumable link:
+//! an app's ping text there is data like any other.
 
 pub mod registry;
 pub mod session;

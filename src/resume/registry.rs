@@ -63,7 +63,7 @@ impl Registry {
     pub fn issue(&self, live: Live) -> Box<str> {
         let cred = credential();
         let mut slots = self.lock();
-        if slots.len() % SWEEP_EVERY == 0 {
+        if slots.len().is_multiple_of(SWEEP_EVERY) {
             let now = Instant::now();
             slots.retain(|_, s| !matches!(s, Slot::Ended { until, .. } if *until <= now));
         }

@@ -198,12 +198,12 @@ impl Session {
             let cancel = self.s.cancel.clone();
             tokio::select! {
                 r = self.backend.next(), if read_backend => {
-                    if let Some(end) = self.from_backend(r).await {
+                    if let Some(end) = self.on_backend(r).await {
                         return end;
                     }
                 }
                 r = next_client(&mut self.client) => {
-                    if let Some(end) = self.from_client(r).await {
+                    if let Some(end) = self.on_client(r).await {
                         return end;
                     }
                 }
@@ -288,7 +288,7 @@ impl Session {
         None
     }
 
-    async fn from_backend(&mut self, r: Option<Result<Message, WsError>>) -> Option<End> {
+    async fn on_backend(&mut self, r: Option<Result<Message, WsError>>) -> Option<End> {
         let msg = match r {
             Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
             Some(Ok(Message::Close(f))) => {
@@ -323,7 +323,7 @@ impl Session {
         None
     }
 
-    async fn from_client(&mut self, r: Option<Result<Message, WsError>>) -> Option<End> {
+    async fn on_client(&mut self, r: Option<Result<Message, WsError>>) -> Option<End> {
         let now = Instant::now();
         if let Some(c) = &mut self.client {
             c.last_heard = now;
@@ -335,6 +335,10 @@ impl Session {
                 Incoming::Data(d) => Message::Text(d.into()),
                 Incoming::Ack(n) => {
                     self.acked(n);
+                    return None;
+                }
+                Incoming::Ping => {
+                    self.send_client(Message::Text(wire::PONG.into())).await;
                     return None;
                 }
                 Incoming::Other => return None,

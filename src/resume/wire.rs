@@ -73,6 +73,9 @@ pub fn ack(n: u64) -> String {
     format!("\0ack {n}")
 }
 
+/// The answer to `\0ping`.
+pub const PONG: &str = "\0pong";
+
 /// A text message as the receiver's side sees it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
@@ -80,6 +83,8 @@ pub enum Incoming<'a> {
     Data(&'a str),
     /// `\0ack <n>`.
     Ack(u64),
+    /// `\0ping`: a client's heartbeat, answered with `\0pong`.
+    Ping,
     /// A control message this side does not know: ignored.
     Other,
 }
@@ -91,6 +96,9 @@ pub fn classify(text: &str) -> Incoming<'_> {
     };
     if rest.starts_with('\0') {
         return Incoming::Data(rest);
+    }
+    if rest == "ping" {
+        return Incoming::Ping;
     }
     match rest.strip_prefix("ack ").map(str::parse::<u64>) {
         Some(Ok(n)) => Incoming::Ack(n),
@@ -129,6 +137,7 @@ mod tests {
         assert_eq!(classify("hi"), Incoming::Data("hi"));
         assert_eq!(classify("\0ack 5"), Incoming::Ack(5));
         assert_eq!(classify("\0ack x"), Incoming::Other);
+        assert_eq!(classify("\0ping"), Incoming::Ping);
         let app = "\0ack 5";
         assert!(needs_escape(app));
         assert_eq!(classify(&escape(app)), Incoming::Data(app));
