@@ -50,7 +50,10 @@ async fn backend() -> (SocketAddr, Arc<Mutex<Log>>) {
                     };
                     let offer = get("sec-websocket-protocol");
                     // Speaks "chat" when offered, else no subprotocol.
-                    if offer.as_deref().is_some_and(|o| o.split(", ").any(|p| p == "chat")) {
+                    if offer
+                        .as_deref()
+                        .is_some_and(|o| o.split(", ").any(|p| p == "chat"))
+                    {
                         resp.headers_mut()
                             .insert("sec-websocket-protocol", HeaderValue::from_static("chat"));
                     }
@@ -96,7 +99,10 @@ async fn backend() -> (SocketAddr, Arc<Mutex<Log>>) {
                         }
                         Message::Close(f) => {
                             let f = f.map(|f| (u16::from(f.code), f.reason.to_string()));
-                            log.lock().unwrap().closes.push(f.unwrap_or((1005, String::new())));
+                            log.lock()
+                                .unwrap()
+                                .closes
+                                .push(f.unwrap_or((1005, String::new())));
                         }
                         _ => {}
                     }
@@ -191,7 +197,10 @@ async fn the_offer_never_reaches_the_backend_and_plain_clients_are_untouched() {
     );
     let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     // The app's subprotocol was agreed end to end.
-    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "chat");
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
     let (cred, n, state) = hello(&mut ws).await;
     assert_eq!((cred.len(), n, state.as_str()), (48, 0, "new"));
     assert_eq!(log.lock().unwrap().offers[2].as_deref(), Some("chat"));
@@ -252,8 +261,7 @@ async fn a_lost_link_resumes_with_what_the_backend_sent_meanwhile() {
     assert_eq!(metric(g.admin, "wsgate_resume_sessions_waiting").await, 0.0);
 
     // The spent credential again: unknown, a fresh session, state lost.
-    let (mut ws2, _) =
-        connect_offering(&g.url("/?client_id=alice"), &resume_offer(&cred, 1)).await;
+    let (mut ws2, _) = connect_offering(&g.url("/?client_id=alice"), &resume_offer(&cred, 1)).await;
     let (_, n, state) = hello(&mut ws2).await;
     assert_eq!((n, state.as_str()), (0, "lost:unknown"));
     assert_eq!(log.lock().unwrap().offers.len(), 2);

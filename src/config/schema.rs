@@ -249,8 +249,8 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[resume]`: lossless reconnect for clients that ask for it (see
-/// `crate::resume`). Off by default: nothing changes for anyone then.
+/// `[resume]`: lossless reconnect for clients that ask for it (the
+/// `resume` module). Off by default: nothing changes for anyone then.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeConfig {
