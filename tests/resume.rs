@@ -6,6 +6,9 @@
 //! each give their documented outcome (backend close 1001 with a reason,
 //! hello `lost:<why>` to the client, `wsgate_resume_total{result}`).
 
+// The upgrade callback's error type is tungstenite's.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -249,11 +252,12 @@ async fn a_lost_link_resumes_with_what_the_backend_sent_meanwhile() {
     }
     ws.send(Message::text("two")).await.unwrap();
     assert_eq!(next_text(&mut ws).await, "two");
-    let l = log.lock().unwrap();
-    assert_eq!(l.offers.len(), 1, "the backend saw one connection");
-    assert!(l.closes.is_empty(), "the backend noticed nothing");
-    assert_eq!(l.texts, ["one", "later:3:10", "two"]);
-    drop(l);
+    {
+        let l = log.lock().unwrap();
+        assert_eq!(l.offers.len(), 1, "the backend saw one connection");
+        assert!(l.closes.is_empty(), "the backend noticed nothing");
+        assert_eq!(l.texts, ["one", "later:3:10", "two"]);
+    }
     assert_eq!(
         metric(g.admin, "wsgate_resume_total{result=\"resumed\"}").await,
         1.0
@@ -378,4 +382,97 @@ async fn shutdown_closes_a_waiting_session_with_1001() {
         log.lock().unwrap().closes[0],
         (1001, "gateway shutting down".to_string())
     );
+}
+
+/// Kills the gateway process when the test ends, pass or fail.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_marks_a_resumed_connection_and_never_names_the_credential() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (b, _) = backend().await;
+    let dir = std::env::temp_dir().join(format!("wsgate-resume-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let config = cfg(
+        b,
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{ON}"),
+    );
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("wsgate listening on ws://")
+                    .map(str::to_string)
+            })
+            .expect("listening line")
+    })
+    .await
+    .unwrap();
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let url = format!("ws://{addr}/?client_id=carol");
+    let (mut ws, _) = connect_offering(&url, "wsgate.resume.v1").await;
+    let (cred, _, _) = hello(&mut ws).await;
+    ws.send(Message::text("a")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "a");
+    drop(ws);
+    // Resume until the gateway has noticed the lost link (a reconnect that
+    // wins the race against the EOF takes over the live session all the same).
+    let (mut ws, _) = connect_offering(&url, &resume_offer(&cred, 1)).await;
+    let (cred2, _, state) = hello(&mut ws).await;
+    assert_eq!(state, "resumed");
+    ws.send(Message::text("b")).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "b");
+    ws.close(None).await.unwrap();
+    while next_msg(&mut ws).await.is_some() {}
+
+    let line = tokio::time::timeout(WAIT, async {
+        loop {
+            let l = rx.recv().await.expect("gateway stderr ended");
+            assert!(
+                !l.contains(&cred) && !l.contains(&cred2),
+                "a credential reached the log: {l}"
+            );
+            if l.contains("wsgate::access") {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("an access-log line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = &v["fields"];
+    assert_eq!(f["client_id"], "carol");
+    assert_eq!(f["resumable"], true);
+    assert_eq!(f["resumes"], 1);
+    assert_eq!(f["c2b_messages"], 2);
+    assert_eq!(f["b2c_messages"], 2);
+    assert_eq!(f["initiator"], "client");
+    let _ = std::fs::remove_dir_all(&dir);
 }

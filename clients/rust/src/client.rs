@@ -1058,8 +1058,9 @@ impl Supervisor {
                         }
                         WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
                         WsMessage::Close(frame) => {
-                            // A close frame ends the session, resumable or not.
-                            if let Some(s) = &mut self.session { s.end() }
+                            // The server ended the session. Its credential is kept: the
+                            // next link offers it, learns the state is lost, and the
+                            // application hears so (StateLost), never silently.
                             let d = match sniff.close_frame() {
                                 Some((code, reason)) => Disconnect::Close { code, reason },
                                 None => match frame {

@@ -151,8 +151,9 @@ impl Session {
         }
     }
 
-    /// Forget the session (the app closed the client, or the server ended the
-    /// session with a close frame).
+    /// Forget the session: the application closed the client or asked for a new
+    /// link, so it knows. (A close from the server keeps it: the next hello then says
+    /// the state is lost, and the application hears so.)
     pub fn end(&mut self) {
         *self = Session::default();
     }

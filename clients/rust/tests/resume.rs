@@ -277,3 +277,50 @@ async fn hundred_cuts_lose_duplicate_and_reorder_nothing() {
     receiver.abort();
     watcher.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_is_reported_once_as_state_lost() {
+    let backend = Backend::start().await;
+    let mut gw = Gateway::start(&[("b1", backend.port)], RESUME).await;
+    let port: u16 = gw.ws.rsplit(':').next().unwrap().parse().unwrap();
+    let b = fast(&gw.url("/chat")).resume(true).max_retries(None);
+    let mut states = b.state_changes();
+    let (client, mut incoming) = b.connect();
+    wait_open(&mut states).await;
+    client.send("before").unwrap();
+    assert_eq!(next_text(&mut incoming).await, "before");
+
+    // Killed (no close frame): the session is gone with the process.
+    gw.child.as_mut().unwrap().kill().await.unwrap();
+    let mut gw = Gateway::start_on(port, &[("b1", backend.port)], RESUME).await;
+    let seen = wait_state(&mut states, "StateLost", |s| {
+        matches!(s, State::StateLost { .. })
+    })
+    .await;
+    assert_eq!(
+        seen.last(),
+        Some(&State::StateLost {
+            reason: "unknown".into()
+        })
+    );
+    client.send("after a kill").unwrap();
+    assert_eq!(next_text(&mut incoming).await, "after a kill");
+
+    // Stopped gracefully (1001 to the client): reported the same way.
+    gw.terminate().await;
+    let _gw = Gateway::start_on(port, &[("b1", backend.port)], RESUME).await;
+    let seen = wait_state(&mut states, "StateLost", |s| {
+        matches!(s, State::StateLost { .. })
+    })
+    .await;
+    assert_eq!(
+        seen.iter()
+            .filter(|s| matches!(s, State::StateLost { .. }))
+            .count(),
+        1,
+        "{seen:?}"
+    );
+    client.send("after a restart").unwrap();
+    assert_eq!(next_text(&mut incoming).await, "after a restart");
+    client.close().await;
+}
