@@ -476,3 +476,45 @@ async fn the_access_log_marks_a_resumed_connection_and_never_names_the_credentia
     assert_eq!(f["initiator"], "client");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_waiting_session_counts_under_the_per_ip_cap() {
+    let (b, _) = backend().await;
+    let config = cfg(b, ON).replace("[server]\n", "[server]\nmax_connections_per_ip = 2\n");
+    let g = gateway(&config).await;
+    let (mut ws, _) = connect_offering(&g.url("/"), "wsgate.resume.v1").await;
+    let (cred, _, _) = hello(&mut ws).await;
+    drop(ws);
+    eventually("the session waits", || async {
+        metric(g.admin, "wsgate_resume_sessions_waiting").await == 1.0
+    })
+    .await;
+    // The waiting session holds one place: one more link fits, not two.
+    let _other = connect(&g.url("/")).await;
+    let (status, _) = raw_request(g.addr, "/", "").await;
+    assert_eq!(status, 429);
+    drop(_other);
+    // The reconnect takes the free place; the session gives back the old one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ws = loop {
+        let mut req = g.url("/").into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&resume_offer(&cred, 0)).unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((c, _)) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no place came free: {e}"),
+        }
+    };
+    let (_, _, state) = hello(&mut ws).await;
+    assert_eq!(state, "resumed");
+    // Two links: the resumed one and this one.
+    let _third = connect(&g.url("/")).await;
+    let (status, _) = raw_request(g.addr, "/", "").await;
+    assert_eq!(status, 429);
+}

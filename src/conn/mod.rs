@@ -477,7 +477,11 @@ fn respond_101(
                     token_expires: admitted.expires_at,
                     started,
                 };
-                resume::start(start, up.io, up.pre, attach).await
+                // A task of its own: nothing of this upgrade task stays
+                // behind for the session's life.
+                ctx.shared
+                    .tracker
+                    .spawn(resume::start(start, up.io, up.pre, attach));
             }
             Next::Resume {
                 credential,

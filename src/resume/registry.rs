@@ -48,14 +48,21 @@ pub enum Lookup {
 
 #[derive(Default)]
 pub struct Registry {
-    slots: Mutex<HashMap<Box<str>, Slot>>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<Box<str>, Slot>,
+    /// Inserts since the last sweep of ended sessions.
+    inserts: usize,
 }
 
 /// Ended sessions are forgotten in a sweep every this many inserts.
 const SWEEP_EVERY: usize = 256;
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -63,17 +70,21 @@ impl Registry {
     pub fn issue(&self, live: Live) -> Box<str> {
         let cred = credential();
         let mut slots = self.lock();
-        if slots.len().is_multiple_of(SWEEP_EVERY) {
+        slots.inserts += 1;
+        if slots.inserts >= SWEEP_EVERY {
+            slots.inserts = 0;
             let now = Instant::now();
-            slots.retain(|_, s| !matches!(s, Slot::Ended { until, .. } if *until <= now));
+            slots
+                .map
+                .retain(|_, s| !matches!(s, Slot::Ended { until, .. } if *until <= now));
         }
-        slots.insert(cred.clone(), Slot::Live(live));
+        slots.map.insert(cred.clone(), Slot::Live(live));
         cred
     }
 
     /// What a credential names, for `owner`; nothing is spent.
     pub fn peek(&self, cred: &str, owner: &Owner) -> Lookup {
-        match self.lock().get(cred) {
+        match self.lock().map.get(cred) {
             Some(Slot::Live(l)) if &l.owner == owner => Lookup::Live(l.clone()),
             Some(Slot::Live(_)) => Lookup::Lost(ResumeResult::Refused),
             Some(Slot::Ended { why, until }) if *until > Instant::now() => Lookup::Lost(*why),
@@ -84,11 +95,11 @@ impl Registry {
     /// Spends a credential: the session if it is still live and `owner`'s.
     pub fn take(&self, cred: &str, owner: &Owner) -> Option<Live> {
         let mut slots = self.lock();
-        match slots.get(cred) {
+        match slots.map.get(cred) {
             Some(Slot::Live(l)) if &l.owner == owner => {}
             _ => return None,
         }
-        match slots.remove(cred) {
+        match slots.map.remove(cred) {
             Some(Slot::Live(l)) => Some(l),
             _ => None,
         }
@@ -100,7 +111,7 @@ impl Registry {
         let mut slots = self.lock();
         match why {
             Some(why) => {
-                slots.insert(
+                slots.map.insert(
                     cred.into(),
                     Slot::Ended {
                         why,
@@ -109,14 +120,14 @@ impl Registry {
                 );
             }
             None => {
-                slots.remove(cred);
+                slots.map.remove(cred);
             }
         }
     }
 
     /// Live sessions and remembered endings (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {

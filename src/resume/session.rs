@@ -56,7 +56,10 @@ pub struct Attach {
     pub received: u64,
     pub state: HelloState,
     pub peer: SocketAddr,
-    /// Holds the link's place under the caps while it is attached.
+    /// The link's place under the caps. The session keeps the place of its
+    /// latest link until it ends, attached or waiting: a waiting session
+    /// holds a backend link and a buffer, so it counts under
+    /// `max_connections` and `max_connections_per_ip` like a live one.
     pub place: Arc<dyn Any + Send + Sync>,
 }
 
@@ -118,6 +121,7 @@ pub async fn start(s: SessionStart, backend: Stream, backend_pre: Bytes, first: 
         drain_at: None,
         resumes: 0,
         last_peer: first.peer,
+        _place: first.place.clone(),
         s,
     };
     session.attach(first, Instant::now()).await;
@@ -137,7 +141,6 @@ struct Client {
     ws: Ws,
     last_heard: Instant,
     ping_sent: Option<Instant>,
-    _place: Arc<dyn Any + Send + Sync>,
 }
 
 /// How a session ended.
@@ -185,6 +188,8 @@ struct Session {
     drain_at: Option<Instant>,
     resumes: u64,
     last_peer: SocketAddr,
+    /// The place under the caps of the latest link (see [`Attach::place`]).
+    _place: Arc<dyn Any + Send + Sync>,
 }
 
 impl Session {
@@ -468,7 +473,6 @@ impl Session {
             ws,
             last_heard: now,
             ping_sent: None,
-            _place: a.place,
         };
         let total = self.out_acked + self.out.len() as u64;
         if resumed && !(self.out_acked..=total).contains(&a.received) {
@@ -499,6 +503,7 @@ impl Session {
             tracing::debug!(client_id = &*self.s.owner.client_id, peer = %a.peer, "session resumed");
         }
         self.last_peer = a.peer;
+        self._place = a.place;
         self.client = Some(client);
         // What the client says it received counts as acknowledged; the
         // rest goes again, in order.
