@@ -111,10 +111,14 @@ export function gatewayBinary() {
 
 /** The real gateway in front of the backend, configured per SPEC. */
 export class Gateway {
-  /** `port`: the client listener's port (0 = any; a fixed one lets a new process take over). */
-  constructor(backendPort, port = 0) {
+  /**
+   * `port`: the client listener's port (0 = any; a fixed one lets a new process take over).
+   * `extra`: more config sections (e.g. `[resume]`), appended.
+   */
+  constructor(backendPort, port = 0, extra = '') {
     this.backendPort = backendPort;
     this.port = port;
+    this.extra = extra;
     this.dir = mkdtempSync(join(tmpdir(), 'wsgate-js-'));
   }
   async start() {
@@ -133,6 +137,8 @@ ws_path = ""
 [heartbeat]
 app_ping = '{"type":"ping"}'
 app_pong = '{"type":"pong"}'
+
+${this.extra}
 
 [[backends]]
 name = "b1"
