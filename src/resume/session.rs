@@ -129,11 +129,19 @@ pub async fn start(s: SessionStart, backend: Stream, backend_pre: Bytes, first: 
     session.finish(end).await;
 }
 
+/// Read buffer per socket: tungstenite's default (128 KiB, allocated up
+/// front) would make a waiting session cost ~280 KB; it grows when a
+/// message needs more.
+const READ_BUFFER: usize = 4096;
+
 fn ws_config(p: &Policy) -> WebSocketConfig {
     let max = usize::try_from(p.max_message_bytes).unwrap_or(usize::MAX);
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
+        .read_buffer_size(READ_BUFFER)
+        // Every message is flushed at once anyway (`send`): no write buffer.
+        .write_buffer_size(0)
 }
 
 /// The attached client link.
