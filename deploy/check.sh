@@ -92,7 +92,7 @@ step "grafana: every dashboard query parses as PromQL (promtool check rules)"
 promtool check rules "$WORK/dashboard_queries.rules.yml"
 
 step "kubernetes: kubernetes-validate --strict (API 1.30, the minimum for preStop sleep, and latest)"
-K8S_FILES=(deploy/kubernetes/configmap.yaml deploy/kubernetes/deployment.yaml
+K8S_FILES=(deploy/kubernetes/configmap.yaml deploy/kubernetes/secret.yaml deploy/kubernetes/deployment.yaml
            deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml)
 "$VENV/bin/kubernetes-validate" --strict -k 1.30.0 "${K8S_FILES[@]}"
 "$VENV/bin/kubernetes-validate" --strict "${K8S_FILES[@]}"

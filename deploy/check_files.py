@@ -190,6 +190,10 @@ def load_k8s(root):
     return docs
 
 
+def dep_of(objs):
+    return objs[("Deployment", "wsgate")]
+
+
 def check_kubernetes(root, work):
     print("kubernetes manifests (deploy/kubernetes/)")
     docs = load_k8s(root)
@@ -200,6 +204,19 @@ def check_kubernetes(root, work):
     cm = objs[("ConfigMap", "wsgate-config")]
     toml_text = cm["data"]["gateway.toml"]
     cfg = tomllib.loads(toml_text)
+    # `wsgate check` reads the files the config names: point token_file at a
+    # copy of the Secret's token, as the pod would see it.
+    token_file = cfg.get("admin", {}).get("token_file", "")
+    if token_file:
+        secret = objs[("Secret", "wsgate-admin")]
+        local = os.path.join(work, "admin-token")
+        with open(local, "w") as f:
+            f.write(secret["stringData"]["token"] + "\n")
+        toml_text = toml_text.replace(f'token_file = "{token_file}"', f'token_file = "{local}"')
+        mounts = {m["name"]: m["mountPath"] for m in
+                  dep_of(objs)["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+        check(os.path.dirname(token_file) == mounts.get("admin-token"),
+              f"admin.token_file {token_file} is in the Secret's mount {mounts.get('admin-token')}")
     with open(os.path.join(work, "gateway.toml"), "w") as f:
         f.write(toml_text)
     check(cfg.get("admin", {}).get("listen") == "0.0.0.0:9090", "ConfigMap: admin.listen = 0.0.0.0:9090")

@@ -1,13 +1,18 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/backends` and
 //! `POST /backends/{name}/drain`. Reads gateway state; changes nothing but
 //! a backend's draining flag.
+//!
+//! Access (SPEC "Hardening rules"): with `[admin] token` (or `token_file`)
+//! set, every POST needs `Authorization: Bearer <token>` (401 otherwise),
+//! and `/metrics` too with `protect_metrics`; with no token, a POST is
+//! refused (403) unless this listener is bound to a loopback address.
+//! `/healthz` and `/readyz` are always open (probes carry no token).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,6 +23,7 @@ use crate::metrics::Check;
 use crate::state::Shared;
 
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -27,7 +33,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                async move { Ok::<_, Infallible>(route(&shared, loopback, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -36,8 +42,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one admin request. `loopback`: whether the listener is bound to
+/// a loopback address (state changes without a token are allowed there).
+fn route<B>(shared: &Shared, loopback: bool, req: &Request<B>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if let Some(refused) = access(req, loopback, &shared.snapshot.load()) {
+        return refused;
+    }
     match (req.method(), path) {
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
@@ -59,17 +70,100 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/backends") => {
             text(StatusCode::OK, "application/json", backends_json(shared))
         }
-        (&Method::POST, p) if p.starts_with("/backends/") && p.ends_with("/drain") => {
-            let name = &p["/backends/".len()..p.len() - "/drain".len()];
-            drain(shared, name)
-        }
+        (&Method::POST, p) => match p
+            .strip_prefix("/backends/")
+            .and_then(|rest| rest.strip_suffix("/drain"))
+        {
+            // No slicing by offsets: "/backends/drain" (the prefix and
+            // suffix overlap) has no name and is simply not found.
+            Some(name) => drain(shared, name),
+            None => not_found(),
+        },
         (_, "/metrics" | "/healthz" | "/readyz" | "/backends") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
         ),
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        _ => not_found(),
     }
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
+}
+
+/// `Some(refusal)` when the request may not proceed: a POST without the
+/// right token (or, with no token configured, on a non-loopback listener),
+/// or `/metrics` without it under `protect_metrics`.
+fn access<B>(
+    req: &Request<B>,
+    loopback: bool,
+    snap: &crate::state::Snapshot,
+) -> Option<Response<Full<Bytes>>> {
+    let token = snap.admin_token.as_deref();
+    let needs_token = req.method() == Method::POST
+        || (req.uri().path() == "/metrics" && snap.config.admin.protect_metrics);
+    if !needs_token {
+        return None;
+    }
+    match token {
+        Some(t) if bearer_matches(req, t) => None,
+        Some(_) => {
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs Authorization: Bearer <[admin] token>",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"wsgate-admin\""),
+            );
+            Some(r)
+        }
+        None if loopback => None,
+        None => Some(json_error(
+            StatusCode::FORBIDDEN,
+            "state-changing admin endpoints are refused on a non-loopback admin listener \
+             without a token: set [admin] token or token_file, or listen on 127.0.0.1",
+        )),
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`, compared
+/// in constant time (a fold over every byte, so the time taken does not
+/// depend on where the first difference is; only on the lengths, which an
+/// attacker learns nothing secret from).
+fn bearer_matches<B>(req: &Request<B>, token: &[u8]) -> bool {
+    let Some(got) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+    else {
+        return false;
+    };
+    let Some(got) = got
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
+        .and_then(|_| got.get(7..))
+    else {
+        return false;
+    };
+    constant_time_eq(got, token)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    // black_box: keep the optimiser from turning the fold into an early exit.
+    std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    text(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    )
 }
 
 fn backends_json(shared: &Shared) -> String {
@@ -99,11 +193,8 @@ fn backends_json(shared: &Shared) -> String {
 fn drain(shared: &Shared, name: &str) -> Response<Full<Bytes>> {
     let snap = shared.snapshot.load();
     let Some(b) = snap.backends.iter().find(|b| b.name == name) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            format!("{{\"error\":\"no backend {name:?}\"}}"),
-        );
+        // serde_json escapes the name: it comes from the request path.
+        return json_error(StatusCode::NOT_FOUND, &format!("no backend {name:?}"));
     };
     b.drain();
     tracing::info!(backend = %b.name, connections = b.active(), "backend draining");

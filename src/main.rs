@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
-use wsgate::config::{Config, LogFormat};
+use wsgate::config::LogFormat;
+use wsgate::gateway::check;
 use wsgate::{Gateway, demo};
 
 #[derive(Parser)]
@@ -40,7 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Check { config } = &cli.command {
-        return match Config::load(config) {
+        return match check::load(config) {
             Ok(c) => {
                 println!("{}: ok ({} backends)", config.display(), c.backends.len());
                 ExitCode::SUCCESS
@@ -177,7 +178,7 @@ async fn demo_main() -> ExitCode {
 }
 
 async fn run_main(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match check::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -233,7 +234,7 @@ async fn wait_for_signals(gw: Gateway, path: Option<&Path>, signals: Signals) ->
     loop {
         tokio::select! {
             _ = hup.recv() => match path {
-                Some(p) => match Config::load(p) {
+                Some(p) => match check::load(p) {
                     Ok(c) => if let Err(e) = gw.reload(c) {
                         tracing::error!(error = %e, "reload refused; the old config keeps serving");
                     },

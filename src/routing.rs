@@ -91,7 +91,8 @@ impl Ring {
             let total: usize = up.iter().map(|&b| load(b)).sum();
             ((load_factor * (total + 1) as f64) / up.len() as f64).ceil() as usize
         });
-        let mut out = Vec::with_capacity(max);
+        // Never more than every backend once, whatever `max` asks for.
+        let mut out = Vec::with_capacity(max.min(self.backends));
         let mut overloaded = Vec::new();
         for b in self.walk(key) {
             if !is_up(b) {
@@ -124,6 +125,15 @@ mod tests {
 
     fn owner(r: &Ring, names: &[&str], key: &str) -> String {
         names[r.pick(key, 1, |_| true, |_| 0, 0.0)[0]].to_string()
+    }
+
+    #[test]
+    fn a_huge_max_lists_each_backend_once_and_allocates_for_no_more() {
+        let names = ["b1", "b2", "b3"];
+        let r = ring(&names);
+        let order = r.pick("k", usize::MAX, |_| true, |_| 0, 0.0);
+        assert_eq!(order.len(), 3);
+        assert!(order.capacity() <= 3, "capacity {}", order.capacity());
     }
 
     #[test]

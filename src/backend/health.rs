@@ -55,6 +55,9 @@ impl CheckState {
 pub struct Health {
     pub http: CheckState,
     pub ws: CheckState,
+    /// The HTTP status the last WebSocket check got instead of a 101, if
+    /// it did: the check is misconfigured (the backend answers HTTP).
+    pub ws_misconfigured: Option<u16>,
 }
 
 impl Health {
@@ -81,12 +84,37 @@ impl Backend {
         !check_on(cfg, check) || self.health().state(check).up
     }
 
-    /// `"up"`, `"down"` or `"off"` for `/backends`.
+    /// `"up"`, `"down"`, `"off"` or `"misconfigured"` for `/backends`.
     pub fn check_label(&self, cfg: &HealthConfig, check: Check) -> &'static str {
+        let misconfigured = check == Check::Ws && self.health().ws_misconfigured.is_some();
         match (check_on(cfg, check), self.check_up(cfg, check)) {
             (false, _) => "off",
+            (true, _) if misconfigured => "misconfigured",
             (true, true) => "up",
             (true, false) => "down",
+        }
+    }
+
+    /// Records whether the last WebSocket check got an HTTP status instead
+    /// of a 101; logs only when that changes (a warning naming the path and
+    /// status, so the fix is one config line away).
+    pub fn set_ws_misconfigured(&self, status: Option<u16>, ws_path: &str) {
+        let before = std::mem::replace(&mut self.health().ws_misconfigured, status);
+        if before == status {
+            return;
+        }
+        match status {
+            Some(status) => tracing::warn!(
+                backend = %self.name,
+                ws_path,
+                status,
+                "WebSocket health check misconfigured: the backend answered ws_path with HTTP \
+                 {status}, not 101; set [health] ws_path to its WebSocket endpoint. The backend \
+                 stays in routing"
+            ),
+            None => {
+                tracing::info!(backend = %self.name, ws_path, "WebSocket health check answered with 101 again")
+            }
         }
     }
 
@@ -96,10 +124,24 @@ impl Backend {
         if self.draining.load(Ordering::Relaxed) {
             return false;
         }
+        self.passes(cfg)
+    }
+
+    /// Whether the checks of `route_on` pass (draining or not).
+    pub fn passes(&self, cfg: &HealthConfig) -> bool {
         match cfg.route_on {
             RouteOn::Ws => self.check_up(cfg, Check::Ws),
             RouteOn::Http => self.check_up(cfg, Check::Http),
             RouteOn::Both => self.check_up(cfg, Check::Ws) && self.check_up(cfg, Check::Http),
+        }
+    }
+
+    /// Routable, or in panic mode (`panic`) merely not draining.
+    pub fn routable_in(&self, cfg: &HealthConfig, panic: bool) -> bool {
+        if panic {
+            !self.is_draining()
+        } else {
+            self.routable(cfg)
         }
     }
 
@@ -127,4 +169,20 @@ impl Backend {
             }
         }
     }
+}
+
+/// Envoy's panic mode: whether fewer than `panic_threshold` of the
+/// backends that are not draining pass their checks, in which case routing
+/// treats them all as up (a health-check outage must not become a full
+/// outage; dial failures still fail over and answer 502).
+pub fn panic_mode(backends: &[std::sync::Arc<Backend>], cfg: &HealthConfig) -> bool {
+    if cfg.panic_threshold <= 0.0 {
+        return false;
+    }
+    let (mut total, mut passing) = (0usize, 0usize);
+    for b in backends.iter().filter(|b| !b.is_draining()) {
+        total += 1;
+        passing += b.passes(cfg) as usize;
+    }
+    total > 0 && (passing as f64) < cfg.panic_threshold * total as f64
 }

@@ -48,6 +48,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// An error blamed on `section.key` (of the `index`th array entry) of
+    /// `text`, with that key's line: for problems found after parsing, such
+    /// as a file the key names that cannot be read.
+    pub fn at(
+        text: &str,
+        section: &'static str,
+        index: Option<usize>,
+        key: &'static str,
+        message: String,
+    ) -> ConfigError {
+        from_invalid(
+            text,
+            validate::Invalid {
+                section,
+                index,
+                key,
+                message,
+            },
+        )
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -57,6 +80,16 @@ impl Config {
             message: format!("cannot read {}: {e}", path.display()),
         })?;
         Config::parse(&text)
+    }
+
+    /// Reads a config file, returning its text too (for [`ConfigError::at`]).
+    pub fn load_text(path: &Path) -> Result<(Config, String), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            line: None,
+            key: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Ok((Config::parse(&text)?, text))
     }
 
     /// Parses and validates config text.
@@ -81,10 +114,14 @@ fn from_toml(text: &str, e: &toml::de::Error) -> ConfigError {
 
 /// A broken rule, with the line of the key it blames.
 fn from_invalid(text: &str, inv: validate::Invalid) -> ConfigError {
-    let mut path = Vec::with_capacity(3);
-    if !inv.section.is_empty() {
-        path.push(Seg::Key(inv.section));
-    }
+    let mut path = Vec::with_capacity(4);
+    // A nested section ("server.tls") is one table per dotted part.
+    path.extend(
+        inv.section
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(Seg::Key),
+    );
     if let Some(i) = inv.index {
         path.push(Seg::Index(i));
     }
@@ -190,5 +227,155 @@ mod tests {
     fn example_file_is_valid() {
         let text = include_str!("../../gateway.toml.example");
         Config::parse(text).unwrap();
+    }
+}
+
+/// Issue 13 item 5: values the runtime assumes are refused at load, with
+/// key and line, instead of reaching a panic or a broken frame.
+#[cfg(test)]
+mod load_time_rules {
+    use super::*;
+
+    const MIN: &str = "[server]\nlisten = \"127.0.0.1:8080\"\n[[backends]]\nname = \"b1\"\nurl = \"ws://127.0.0.1:9001\"\n";
+
+    /// A TOML basic-string body for `s`: control characters as \uXXXX.
+    fn toml_escape(s: &str) -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    format!("\\u{:04X}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    }
+
+    fn refused(extra: &str, key: &str, line: usize) {
+        let text = format!("{MIN}{extra}");
+        let e = Config::parse(&text).expect_err(&text);
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some(key), Some(line)),
+            "{e}\n{text}"
+        );
+    }
+
+    #[test]
+    fn app_pong_over_125_bytes() {
+        let pong = "p".repeat(126);
+        refused(
+            &format!("[heartbeat]\napp_ping = \"x\"\napp_pong = \"{pong}\"\n"),
+            "heartbeat.app_pong",
+            8,
+        );
+        let ok = "p".repeat(125);
+        Config::parse(&format!(
+            "{MIN}[heartbeat]\napp_ping = \"x\"\napp_pong = \"{ok}\"\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn paths_that_are_not_request_targets() {
+        for bad in ["/a b", "/caf\u{e9}", "/x\u{1}", "/tab\there"] {
+            let text = MIN.replace("9001\"", &format!("9001{}\"", toml_escape(bad)));
+            let e = Config::parse(&text).expect_err(bad);
+            assert_eq!(
+                (e.key.as_deref(), e.line),
+                (Some("backends.url"), Some(5)),
+                "{e}"
+            );
+            for key in ["http_path", "ws_path"] {
+                refused(
+                    &format!("[health]\n{key} = \"{}\"\n", toml_escape(bad)),
+                    &format!("health.{key}"),
+                    7,
+                );
+            }
+        }
+        Config::parse(&format!(
+            "{MIN}[health]\nws_path = \"/socket.io/?EIO=4&transport=websocket\"\n"
+        ))
+        .unwrap();
+        refused("[health]\nws_path = \"/ws#frag\"\n", "health.ws_path", 7);
+    }
+
+    #[test]
+    fn zero_durations_that_break_connections() {
+        let text = MIN.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\nhandshake_timeout = \"0s\"\n",
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("server.handshake_timeout"), Some(3)),
+            "{e}"
+        );
+        refused(
+            "[limits]\nslow_consumer_timeout = \"0s\"\n",
+            "limits.slow_consumer_timeout",
+            7,
+        );
+        refused(
+            "[auth]\nforward_timeout = \"0s\"\n",
+            "auth.forward_timeout",
+            7,
+        );
+        refused(
+            "[auth]\nfirst_message_timeout = \"0\"\n",
+            "auth.first_message_timeout",
+            7,
+        );
+    }
+
+    #[test]
+    fn origin_with_a_path() {
+        let text = MIN.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\nallowed_origins = [\"https://a.example/app\"]\n",
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("server.allowed_origins"), Some(3)),
+            "{e}"
+        );
+        let text = MIN.replace(
+            "listen = \"127.0.0.1:8080\"\n",
+            "listen = \"127.0.0.1:8080\"\nallowed_origins = [\"https://a.example/\", \"http://*.b.example:8080\"]\n",
+        );
+        Config::parse(&text).unwrap();
+    }
+
+    #[test]
+    fn admin_token_rules_and_panic_threshold() {
+        refused(
+            "[admin]\ntoken = \"0123456789abcdef\"\ntoken_file = \"/x\"\n",
+            "admin.token_file",
+            8,
+        );
+        refused("[admin]\ntoken = \"short\"\n", "admin.token", 7);
+        refused(
+            "[admin]\nprotect_metrics = true\n",
+            "admin.protect_metrics",
+            7,
+        );
+        // Found by tests/proptest_config.rs: 4294967295 retries sized a
+        // Vec of 32 GiB per upgrade (an abort, not even a panic).
+        refused(
+            "[routing]\nconnect_retries = 4294967295\n",
+            "routing.connect_retries",
+            7,
+        );
+        refused(
+            "[health]\npanic_threshold = 1.5\n",
+            "health.panic_threshold",
+            7,
+        );
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.health.panic_threshold, 0.5);
+        assert!(c.admin.token.is_empty() && !c.admin.protect_metrics);
     }
 }

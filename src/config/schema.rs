@@ -65,12 +65,25 @@ pub struct TlsConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: Listen,
+    /// Bearer token every state-changing endpoint (every POST) requires.
+    #[serde(default)]
+    pub token: String,
+    /// A file holding the token (a Kubernetes Secret mount); trailing
+    /// whitespace is ignored. At most one of `token` / `token_file`.
+    #[serde(default)]
+    pub token_file: String,
+    /// `/metrics` needs the token too.
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token: String::new(),
+            token_file: String::new(),
+            protect_metrics: false,
         }
     }
 }
@@ -164,6 +177,10 @@ pub struct HealthConfig {
     pub ws_subprotocol: String,
     #[serde(default)]
     pub route_on: RouteOn,
+    /// Envoy's panic mode: when fewer than this share of the backends pass
+    /// their checks, route to all of them as if up (0 turns it off).
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: f64,
 }
 
 impl Default for HealthConfig {
@@ -179,6 +196,7 @@ impl Default for HealthConfig {
             ws_expect: String::new(),
             ws_subprotocol: String::new(),
             route_on: RouteOn::Ws,
+            panic_threshold: default_panic_threshold(),
         }
     }
 }
@@ -400,6 +418,9 @@ fn default_http_path() -> String {
 }
 fn default_ws_path() -> String {
     "/".into()
+}
+fn default_panic_threshold() -> f64 {
+    0.5
 }
 fn default_hb_interval() -> Dur {
     Dur::secs(30)

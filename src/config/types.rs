@@ -156,6 +156,13 @@ impl BackendUrl {
         if path.contains('?') || path.contains('#') {
             return Err(format!("{s:?} must not have a query or fragment"));
         }
+        // The path goes into every upgrade's request line as is: anything
+        // that is not a valid request target would fail there, per request.
+        if !super::validate::is_request_target(path, false) {
+            return Err(format!(
+                "{s:?} has a path that is not a valid request target: use visible ASCII only (percent-encode spaces and non-ASCII)"
+            ));
+        }
         let uri: hyper::http::uri::Authority = authority
             .parse()
             .map_err(|_| format!("{s:?} has no valid host[:port]"))?;

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use crate::config::schema::{
-    AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig, LimitsConfig,
-    ResumeConfig, RoutingConfig, ServerConfig,
+    AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig,
+    LimitsConfig, ResumeConfig, RoutingConfig, ServerConfig,
 };
 use crate::config::types::Source;
 
@@ -15,6 +15,25 @@ pub const MIN_REQUEST_HEAD_BYTES: usize = 8192;
 /// Largest control-frame payload (RFC 6455 section 5.5): `app_ping` is
 /// compared to single frames of at most this.
 const MAX_APP_PING: usize = 125;
+/// `app_pong` is written as one unfragmented text frame with the short
+/// (7-bit) length form; longer would need the extended length encoding the
+/// gateway's pre-built control-size frames do not have.
+const MAX_APP_PONG: usize = 125;
+
+/// Retries past the number of backends try nothing new; a bound keeps a
+/// typo (or 4294967295) from sizing anything by it.
+const MAX_CONNECT_RETRIES: u32 = 100;
+
+/// Whether `p` can be sent as (the start of) an HTTP/1.1 request target:
+/// visible ASCII only (no space, control or non-ASCII byte, which would
+/// make the request line unparseable or fail `http::Uri`), no fragment,
+/// and what `http` accepts as a path and query. `query` allows a `?`.
+pub(super) fn is_request_target(p: &str, query: bool) -> bool {
+    p.bytes().all(|b| b.is_ascii_graphic())
+        && !p.contains('#')
+        && (query || !p.contains('?'))
+        && (p.is_empty() || hyper::http::uri::PathAndQuery::try_from(p).is_ok())
+}
 
 /// A rule broken by the value of `section.key` (of the `index`th entry of
 /// an array of tables).
@@ -47,7 +66,34 @@ pub fn config(c: &Config) -> Check {
     heartbeat(&c.heartbeat)?;
     limits(&c.limits)?;
     resume(&c.resume)?;
-    auth(&c.auth)
+    auth(&c.auth)?;
+    admin(&c.admin)
+}
+
+fn admin(a: &AdminConfig) -> Check {
+    if !a.token.is_empty() && !a.token_file.is_empty() {
+        return Err(invalid(
+            "admin",
+            "token_file",
+            "set token or token_file, not both",
+        ));
+    }
+    if !a.token.is_empty() && (a.token.len() < 16 || !a.token.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(invalid(
+            "admin",
+            "token",
+            "must be at least 16 visible ASCII characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if a.protect_metrics && a.token.is_empty() && a.token_file.is_empty() {
+        return Err(invalid(
+            "admin",
+            "protect_metrics",
+            "needs token or token_file",
+        ));
+    }
+    Ok(())
 }
 
 fn resume(r: &ResumeConfig) -> Check {
@@ -73,9 +119,33 @@ fn server(s: &ServerConfig) -> Check {
                 format!("origin {o:?} must be \"*\" or start with http:// or https://"),
             ));
         }
+        // An Origin header is scheme://host[:port] and nothing else: an
+        // entry with a path, query or fragment could never match.
+        if let Some((_, rest)) = o.split_once("://") {
+            let rest = rest.trim_end_matches('/');
+            if rest.is_empty()
+                || rest.contains(['/', '?', '#'])
+                || !rest.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "server",
+                    "allowed_origins",
+                    format!(
+                        "origin {o:?} must be scheme://host[:port] with no path (origins have none)"
+                    ),
+                ));
+            }
+        }
     }
     if s.max_connections == 0 {
         return Err(invalid("server", "max_connections", "must be at least 1"));
+    }
+    if s.handshake_timeout.is_zero() {
+        return Err(invalid(
+            "server",
+            "handshake_timeout",
+            "must be greater than 0 (0 would refuse every handshake)",
+        ));
     }
     if s.max_request_head_bytes < MIN_REQUEST_HEAD_BYTES {
         return Err(invalid(
@@ -166,6 +236,16 @@ fn routing(r: &RoutingConfig) -> Check {
             ),
         ));
     }
+    if r.connect_retries > MAX_CONNECT_RETRIES {
+        return Err(invalid(
+            "routing",
+            "connect_retries",
+            format!(
+                "{} must be at most {MAX_CONNECT_RETRIES} (each retry tries one more backend)",
+                r.connect_retries
+            ),
+        ));
+    }
     if r.connect_timeout.is_zero() {
         return Err(invalid(
             "routing",
@@ -197,6 +277,34 @@ fn health(h: &HealthConfig) -> Check {
                 format!("{p:?} must be empty or start with '/'"),
             ));
         }
+        if !is_request_target(p, true) {
+            return Err(invalid(
+                "health",
+                key,
+                format!(
+                    "{p:?} is not a valid request path: use visible ASCII only (percent-encode spaces and non-ASCII), no '#'"
+                ),
+            ));
+        }
+    }
+    if !h.ws_subprotocol.is_empty()
+        && hyper::header::HeaderValue::from_str(&h.ws_subprotocol).is_err()
+    {
+        return Err(invalid(
+            "health",
+            "ws_subprotocol",
+            "must be a valid header value (visible ASCII)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&h.panic_threshold) {
+        return Err(invalid(
+            "health",
+            "panic_threshold",
+            format!(
+                "{} must be between 0 (off) and 1 (e.g. 0.5)",
+                h.panic_threshold
+            ),
+        ));
     }
     if !h.ws_expect.is_empty() && h.ws_send.is_empty() {
         return Err(invalid(
@@ -240,6 +348,13 @@ fn heartbeat(hb: &HeartbeatConfig) -> Check {
             "must be at most 125 bytes",
         ));
     }
+    if hb.app_pong.len() > MAX_APP_PONG {
+        return Err(invalid(
+            "heartbeat",
+            "app_pong",
+            "must be at most 125 bytes (it is sent as one short frame)",
+        ));
+    }
     Ok(())
 }
 
@@ -252,6 +367,13 @@ fn limits(l: &LimitsConfig) -> Check {
             "limits",
             "max_buffered_bytes",
             "must be at least 1024",
+        ));
+    }
+    if l.slow_consumer_timeout.is_zero() {
+        return Err(invalid(
+            "limits",
+            "slow_consumer_timeout",
+            "must be greater than 0 (0 would close every connection that ever buffers)",
         ));
     }
     if l.burst > 0 && l.messages_per_sec == 0 {
@@ -283,6 +405,18 @@ fn auth(a: &AuthConfig) -> Check {
                     "mode \"forward\" needs an http:// URL (e.g. \"http://127.0.0.1:8000/auth\")",
                 ));
             }
+        }
+    }
+    for (key, d) in [
+        ("forward_timeout", a.forward_timeout),
+        ("first_message_timeout", a.first_message_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(
+                "auth",
+                key,
+                "must be greater than 0 (0 would refuse every client)",
+            ));
         }
     }
     if a.token_from.contains(&Source::FirstMessage) && a.token_from.len() > 1 {

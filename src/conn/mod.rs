@@ -315,10 +315,11 @@ enum Connected {
 /// Phase 2: the backends to try, in ring order.
 fn pick(snap: &Snapshot, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
     let routing = &snap.config.routing;
+    let panic = snap.panic_mode();
     let order = snap.ring.pick(
         client_id,
         1 + routing.connect_retries as usize,
-        |i| snap.backends[i].routable(&snap.config.health),
+        |i| snap.backends[i].routable_in(&snap.config.health, panic),
         |i| snap.backends[i].active(),
         routing.load_factor,
     );

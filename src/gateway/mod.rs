@@ -1,11 +1,13 @@
 //! The running gateway, the process's view: bind the listeners, start the
 //! shards, the admin listener and the health checks; reload; shut down.
 //!
+//! - `check`: load a config and every file it names (check, run, reload);
 //! - `listeners`: sockets, shards and the accept loop;
 //! - `reload`: a new config, published as one snapshot.
 //!
 //! The state all of them touch lives in `state`, below this module.
 
+pub mod check;
 pub mod listeners;
 pub mod reload;
 

@@ -55,7 +55,7 @@
 //! backend gets 1001 with the reason (`resume window expired`,
 //! `resume buffer overflow`). A later resume with that credential gets
 //! `lost:expired` or `lost:overflow` (the gateway remembers ended sessions
-//! for one more window), an unknown one `lost:unknown` (never issued,
+//! for one more window, at least a minute), an unknown one `lost:unknown` (never issued,
 //! already spent, or issued before a restart), one from another client ID
 //! or identity `lost:refused`.
 //!

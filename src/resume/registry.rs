@@ -1,7 +1,7 @@
 //! The live credentials of one gateway, shared by every shard: credential
-//! -> the session's attach channel, or, for one more window after a
-//! session ended while its client was away, why it ended (so the client
-//! learns `expired` or `overflow` rather than `unknown`).
+//! -> the session's attach channel, or, for a while (a window, at least a
+//! minute) after a session ended while its client was away, why it ended
+//! (so the client learns `expired` or `overflow` rather than `unknown`).
 //!
 //! Single use: [`Registry::take`] removes the credential under the lock, so
 //! of two requests with the same credential at most one gets the session.

@@ -44,6 +44,8 @@ const ACK_EVERY: u64 = 32;
 const ACK_DELAY: Duration = Duration::from_millis(100);
 /// How long a write to the client may take before the link counts as lost.
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An ended session's reason is kept at least this long (or one window).
+const REMEMBER_ENDED: Duration = Duration::from_secs(60);
 /// How long the last close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -553,7 +555,9 @@ impl Session {
 
     /// Close frames, the registry, metrics and the access-log line.
     async fn finish(mut self, end: End) {
-        let remember = self.s.config.window.get();
+        // Long enough for a client that was away longer than the window to
+        // come back and learn why, even with a short window.
+        let remember = self.s.config.window.get().max(REMEMBER_ENDED);
         let (why, initiator, close_code, reason) = match &end {
             End::Expired => (
                 Some(ResumeResult::Expired),

@@ -34,6 +34,10 @@ pub struct BackendState {
     pub name: String,
     pub greet: bool,
     pub ws_ok: AtomicBool,
+    /// While set, an upgrade request gets its connection dropped with no
+    /// answer at all (a crashed WebSocket handler): a failed check, where
+    /// `!ws_ok`'s 404 is a misconfigured one.
+    pub ws_hangup: AtomicBool,
     pub http_ok: AtomicBool,
     /// Client IDs (the X-Client-Id header) of the upgrades it accepted.
     pub client_ids: Mutex<Vec<String>>,
@@ -50,6 +54,7 @@ impl TestBackend {
             name: name.to_string(),
             greet,
             ws_ok: AtomicBool::new(true),
+            ws_hangup: AtomicBool::new(false),
             http_ok: AtomicBool::new(true),
             client_ids: Mutex::new(Vec::new()),
         });
@@ -129,6 +134,9 @@ pub async fn backend_conn(mut tcp: TcpStream, st: Arc<BackendState>) {
     let upgrade = head
         .lines()
         .any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
+    if upgrade && st.ws_hangup.load(Ordering::SeqCst) {
+        return;
+    }
     if !upgrade || !st.ws_ok.load(Ordering::SeqCst) {
         let mut consumed = vec![0u8; len];
         if tcp.read_exact(&mut consumed).await.is_err() {
