@@ -518,3 +518,40 @@ async fn a_waiting_session_counts_under_the_per_ip_cap() {
     let (status, _) = raw_request(g.addr, "/", "").await;
     assert_eq!(status, 429);
 }
+
+#[tokio::test]
+async fn a_drain_closes_a_waiting_session_and_an_attached_one_with_the_spec_codes() {
+    let (b, log) = backend().await;
+    let config = cfg(b, ON).replace("[server]\n", "[server]\nshutdown_grace = \"200ms\"\n");
+    let g = gateway(&config).await;
+    // One session waits (its client vanished), one is attached.
+    let (mut gone, _) = connect_offering(&g.url("/"), "wsgate.resume.v1").await;
+    hello(&mut gone).await;
+    drop(gone);
+    let (mut here, _) = connect_offering(&g.url("/"), "wsgate.resume.v1").await;
+    hello(&mut here).await;
+    eventually("one session waits", || async {
+        metric(g.admin, "wsgate_resume_sessions_waiting").await == 1.0
+    })
+    .await;
+    let (status, _, body) = http(g.admin, "POST", "/backends/b1/drain").await;
+    assert_eq!(status, 200, "drain: {body}");
+    // The attached client gets 1012 (reconnect elsewhere), like a relayed one.
+    let close = loop {
+        match next_msg(&mut here).await {
+            Some(Message::Close(f)) => break f.map(|f| u16::from(f.code)),
+            Some(_) => continue,
+            None => break None,
+        }
+    };
+    assert_eq!(close, Some(1012));
+    // Both backend links get 1001.
+    eventually("both backend links are closed", || async {
+        log.lock().unwrap().closes.len() == 2
+    })
+    .await;
+    for (code, _) in log.lock().unwrap().closes.iter() {
+        assert_eq!(*code, 1001);
+    }
+    assert_eq!(metric(g.admin, "wsgate_resume_sessions_waiting").await, 0.0);
+}
