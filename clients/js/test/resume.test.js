@@ -1,5 +1,5 @@
-// Resumable sessions end to end in Node: WsgateClient (resume: true, on the `ws`
-// package's WebSocket) -> a TCP proxy that cuts the link mid-stream (a reset, no
+// Resumable sessions end to end, in Node (WsgateClient on the `ws` package's
+// WebSocket) and in headless Chromium: the client (resume: true) -> a TCP proxy that cuts the link mid-stream (a reset, no
 // close frame) -> the real wsgate with [resume] enabled -> a plain backend that
 // knows nothing about resumption. Both ends send numbered messages at a steady
 // rate; after 100 cuts every number arrived exactly once and in order, both ways.
@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer, connect } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { WsgateClient } from '../wsgate-client.js';
-import { Gateway, sleep, DIRECT } from './harness.js';
+import { Gateway, sleep, DIRECT, openPage, startBrowser, startStatic } from './harness.js';
 
 /** Polls `pred` every 10 ms, up to `ms`. */
 async function until(pred, ms, what) {
@@ -136,6 +136,82 @@ test('100 cuts: every message exactly once and in order, both ways', { skip: DIR
     console.log(`100 cuts: ${sent} messages up, ${nB} + ${sent} down, each exactly once and in order`);
   } finally {
     client.close();
+    proxy.server.close();
+    await gateway.stop();
+    backend.wss.close();
+  }
+});
+
+test('100 cuts in headless Chromium: every message exactly once and in order, both ways', { skip: DIRECT && 'needs the gateway', timeout: 180000 }, async () => {
+  const backend = await tickingBackend(3);
+  const gateway = await new Gateway(backend.port, 0, '[resume]\nenabled = true\nwindow = "10s"\n').start();
+  const proxy = await cuttingProxy(Number(new URL(gateway.url).port));
+  const web = await startStatic();
+  const browser = await startBrowser();
+  try {
+    const page = await openPage(browser.context, web.origin);
+    await page.evaluate((url) => {
+      makeClient('r', url, { resume: true, base: 10, cap: 40, resetAfter: 1, maxRetries: Infinity, heartbeatInterval: 0 });
+      const c = clients.r;
+      window.drops = 0;
+      window.lost = [];
+      window.sent = 0;
+      c.addEventListener('statechange', (e) => {
+        if (e.previous === 'open' && e.state !== 'open') drops++;
+      });
+      c.addEventListener('statelost', (e) => lost.push(e.reason));
+      window.sender = setInterval(() => c.send(`c${++window.sent}`), 3);
+    }, `ws://127.0.0.1:${proxy.port}/chat`);
+    const inPage = (fn, arg) => page.evaluate(fn, arg);
+    let cuts = 0;
+    for (let i = 0; i < 100; i++) {
+      const end = Date.now() + 10000;
+      while ((await inPage(() => clients.r.state)) !== 'open') {
+        if (Date.now() > end) throw new Error(`not open before cut ${i}`);
+        await sleep(10);
+      }
+      await sleep(40);
+      const before = await inPage(() => drops);
+      if (proxy.cut() > 0) cuts++;
+      const end2 = Date.now() + 10000;
+      while ((await inPage(() => drops)) === before) {
+        if (Date.now() > end2) throw new Error(`the page did not notice cut ${i}`);
+        await sleep(5);
+      }
+    }
+    const end = Date.now() + 10000;
+    while ((await inPage(() => clients.r.state)) !== 'open') {
+      if (Date.now() > end) throw new Error('not open after the cuts');
+      await sleep(10);
+    }
+    const sent = await inPage(() => {
+      clearInterval(sender);
+      return window.sent;
+    });
+    backend.log.stop = true;
+    await sleep(50);
+    const nB = backend.log.sent;
+    const got = () => inPage(() => logs.r.messages.map(String));
+    const end3 = Date.now() + 10000;
+    for (;;) {
+      const m = await got();
+      if (backend.log.received.length >= sent && m.length >= nB + sent) break;
+      if (Date.now() > end3) break;
+      await sleep(50);
+    }
+    await sleep(200);
+    const messages = await got();
+    assert.equal(cuts, 100);
+    assert.deepEqual(await inPage(() => lost), []);
+    assert.equal(backend.log.connections, 1, 'the backend saw one connection for all 100 cuts');
+    expectSeq('backend received', backend.log.received, 'c', sent);
+    expectSeq('page received', messages.filter((m) => m.startsWith('b')), 'b', nB);
+    expectSeq('page received echoes', messages.filter((m) => m.startsWith('c')), 'c', sent);
+    console.log(`Chromium, 100 cuts: ${sent} messages up, ${nB} + ${sent} down, each exactly once and in order`);
+    await inPage(() => clients.r.close());
+  } finally {
+    await browser.close();
+    web.server.close();
     proxy.server.close();
     await gateway.stop();
     backend.wss.close();
