@@ -25,6 +25,7 @@
 //! | [`state`] | what every task shares: config snapshot, caps, cancellation root, tracker |
 //! | [`conn`] | one client connection: its phases in order, refusals, the upgraded task |
 //! | [`relay`] | the per-connection frame pump (the hot path), and how a connection ends |
+//! | [`resume`] | lossless reconnect: resumable sessions, their credentials and wire format |
 //! | [`ws`] | RFC 6455 frames, masking, close codes, UTF-8 (pure) |
 //! | [`backend`] | backend state, health (rise/fall, checks), dialing, the HTTP client |
 //! | [`auth`] | Origin, JWT, forward auth, first-message tokens |
@@ -38,7 +39,7 @@
 //! | [`demo`] | the echo backends and config of `wsgate demo` |
 //!
 //! Modules only import downward in this order (no cycles): `gateway` ->
-//! `admin`, `conn` -> `state` -> `relay`, `backend`, `auth` -> `routing`,
+//! `admin`, `conn` -> `state` -> `resume` -> `relay`, `backend`, `auth` -> `routing`,
 //! `request`, `ws`, `config`, `metrics`, `side`, `tls`.
 #![forbid(unsafe_code)]
 
@@ -52,6 +53,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod relay;
 pub mod request;
+pub mod resume;
 pub mod routing;
 pub mod side;
 pub mod state;

@@ -64,6 +64,44 @@ pub fn close_code_label(code: u16) -> &'static str {
     }
 }
 
+/// How one resume attempt, or one waiting session, ended
+/// (`wsgate_resume_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeResult {
+    /// A client reattached to its session.
+    Resumed,
+    /// The window passed with no client: the session ended.
+    Expired,
+    /// More than `max_buffered_bytes` waited for a missing client.
+    Overflow,
+    /// A credential the gateway does not know (never issued, spent, or
+    /// issued before a restart).
+    Unknown,
+    /// A known credential presented by another client ID or identity, or
+    /// with counts the session cannot honour.
+    Refused,
+}
+
+impl ResumeResult {
+    pub const ALL: [ResumeResult; 5] = [
+        ResumeResult::Resumed,
+        ResumeResult::Expired,
+        ResumeResult::Overflow,
+        ResumeResult::Unknown,
+        ResumeResult::Refused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ResumeResult::Resumed => "resumed",
+            ResumeResult::Expired => "expired",
+            ResumeResult::Overflow => "overflow",
+            ResumeResult::Unknown => "unknown",
+            ResumeResult::Refused => "refused",
+        }
+    }
+}
+
 /// Which health check a backend gauge is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -112,6 +150,11 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     /// Plain HTTP requests proxied.
     pub http: HttpMetrics,
+    resume_total: IntCounterVec,
+    /// Payload bytes resumable sessions hold toward their clients.
+    pub resume_buffered_bytes: IntGauge,
+    /// Sessions whose client is gone, waiting within their window.
+    pub resume_waiting: IntGauge,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: handshakes and heartbeat RTTs on a
@@ -270,6 +313,33 @@ impl Metrics {
                 &["result"],
             ),
         );
+        let resume_total = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "wsgate_resume_total",
+                    "Resume attempts and waiting sessions by outcome",
+                ),
+                &["result"],
+            ),
+        );
+        for res in ResumeResult::ALL {
+            resume_total.with_label_values(&[res.label()]);
+        }
+        let resume_buffered_bytes = reg(
+            r,
+            IntGauge::new(
+                "wsgate_resume_buffered_bytes",
+                "Payload bytes held by resumable sessions, not yet acknowledged by their clients",
+            ),
+        );
+        let resume_waiting = reg(
+            r,
+            IntGauge::new(
+                "wsgate_resume_sessions_waiting",
+                "Resumable sessions whose client is gone, within their window",
+            ),
+        );
         config_reloads.with_label_values(&["ok"]);
         config_reloads.with_label_values(&["error"]);
         #[cfg(target_os = "linux")]
@@ -295,7 +365,14 @@ impl Metrics {
             health_check_duration,
             rate_limited,
             config_reloads,
+            resume_total,
+            resume_buffered_bytes,
+            resume_waiting,
         }
+    }
+
+    pub fn resume(&self, result: ResumeResult) {
+        self.resume_total.with_label_values(&[result.label()]).inc();
     }
 
     /// Counters of the direction whose frames come from `from`.

@@ -29,4 +29,4 @@ fi
 
 echo "== node --test"
 # One file at a time: the browser tests time real reconnects on a 2-core machine.
-exec node --test --test-concurrency=1 --test-timeout=120000 test/unit.test.js test/browser.test.js test/compression.test.js
+exec node --test --test-concurrency=1 --test-timeout=120000 test/unit.test.js test/resume.test.js test/browser.test.js test/compression.test.js

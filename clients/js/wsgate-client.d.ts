@@ -87,7 +87,18 @@ export interface WsgateClientOptions {
   shareAcrossTabs?: boolean;
   /** Lock and channel name for shareAcrossTabs (default `wsgate:` + the URL). */
   shareName?: string;
+  /**
+   * Ask wsgate for a resumable session (`[resume] enabled` on the gateway; default
+   * false): a link lost without a close frame is resumed, and both sides replay what
+   * the other missed, so every message arrives exactly once and in order. When that is
+   * impossible, `statelost` fires once and a fresh session goes on. clients/README.md,
+   * rule 11.
+   */
+  resume?: boolean;
 }
+
+/** The subprotocol that asks wsgate for a resumable session. */
+export const RESUME_SUBPROTOCOL: 'wsgate.resume.v1';
 
 /** A terminal failure, carried by the `error` event. */
 export class WsgateError extends Error {
@@ -135,6 +146,11 @@ export interface ErrorEvent_ extends Event {
 export interface LeaderChangeEvent extends Event {
   readonly leader: boolean;
 }
+/** With `resume`: the session could not be resumed; messages in flight either way may be lost. */
+export interface StateLostEvent extends Event {
+  /** `expired`, `overflow`, `unknown`, `refused` or `count mismatch`. */
+  readonly reason: string;
+}
 
 export interface WsgateClientEventMap {
   open: Event;
@@ -144,6 +160,7 @@ export interface WsgateClientEventMap {
   error: ErrorEvent_;
   drop: DropEvent;
   leaderchange: LeaderChangeEvent;
+  statelost: StateLostEvent;
 }
 
 export class WsgateClient extends EventTarget {

@@ -24,7 +24,68 @@ export const DEFAULTS = Object.freeze({
   tokenIn: 'query', // or 'first_message'
   tokenParam: 'token', // wsgate's default token_from includes "query:token"
   binaryType: 'arraybuffer', // clones through BroadcastChannel, unlike nothing else
+  resume: false, // ask wsgate for a resumable session ([resume] enabled on the gateway)
 });
+
+/** The subprotocol that asks wsgate for a resumable session (clients/README.md, rule 11). */
+export const RESUME_SUBPROTOCOL = 'wsgate.resume.v1';
+/** Acknowledge after this many received messages, or after RESUME_ACK_DELAY. */
+const RESUME_ACK_EVERY = 32;
+const RESUME_ACK_DELAY = 100;
+/** The gateway sends its hello at once; without one by then, the link is plain. */
+const RESUME_HELLO_TIMEOUT = 5000;
+
+/** An app text that starts with NUL gets one more: NUL-led texts are session control. */
+function escapeResume(data) {
+  return typeof data === 'string' && data.charCodeAt(0) === 0 ? '\0' + data : data;
+}
+
+/**
+ * The session state that outlives links (what this client sent and the gateway
+ * has not acknowledged, what it received, the credential for the next link).
+ */
+class ResumeSession {
+  constructor() {
+    this.reset();
+    this.credential = null;
+  }
+  reset() {
+    this.received = 0; // data messages received in this session
+    this.ackSent = 0; // the last count acknowledged to the gateway
+    this.acked = 0; // ours the gateway acknowledged
+    this.unacked = []; // sent, not yet acknowledged: number acked + 1 on
+  }
+  /** Subprotocols to offer for the next link. */
+  offer() {
+    return this.credential ? [RESUME_SUBPROTOCOL, `${RESUME_SUBPROTOCOL}.${this.credential}.${this.received}`] : [RESUME_SUBPROTOCOL];
+  }
+  ack(n) {
+    while (this.acked < n && this.unacked.length) {
+      this.unacked.shift();
+      this.acked++;
+    }
+  }
+  /**
+   * The gateway's hello. Returns {replay: [...]} or {lost: reason} or {}.
+   * @param {string} text
+   */
+  hello(text) {
+    const [credential, n, state = ''] = text.slice('\0hello '.length).split(' ');
+    const received = Number(n);
+    const had = this.credential !== null;
+    this.credential = credential;
+    const sent = this.acked + this.unacked.length;
+    if (state === 'resumed' && had && received >= this.acked && received <= sent) {
+      this.ack(received);
+      this.ackSent = this.received;
+      return { replay: [...this.unacked] };
+    }
+    this.reset();
+    if (state === 'new' && !had) return {};
+    if (state === 'resumed') return { lost: 'count mismatch' };
+    return { lost: state.startsWith('lost:') ? state.slice(5) : state };
+  }
+}
 
 /** Local pseudo close codes: never sent by a server, so the policy cannot confuse them. */
 export const LOCAL_CLOSE = Object.freeze({ heartbeat: 4000, connectTimeout: 4000 });
@@ -162,6 +223,51 @@ class Core {
     this.lastClose = { code: 0, reason: '' };
     this.timers = {};
     this.paused = false; // backpressure hysteresis
+    this.session = o.resume ? new ResumeSession() : null;
+    this.awaitingHello = false; // resume: nothing is written before the hello
+    this.resumable = false; // this link carries the resume protocol
+  }
+
+  /** Subprotocols to offer: the app's, then the resume offer. */
+  protocols() {
+    const app = this.o.protocols === undefined ? [] : [].concat(this.o.protocols);
+    return this.session ? [...app, ...this.session.offer()] : this.o.protocols;
+  }
+
+  /** Writes an app message; on a resumable link it is kept until acknowledged. */
+  write(ws, data) {
+    if (this.resumable) {
+      this.session.unacked.push(data);
+      ws.send(escapeResume(data));
+    } else ws.send(data);
+  }
+
+  /** A hello or (without one in time) a plain link: writing may start. */
+  onHello(ws, text) {
+    this.clearTimer('hello');
+    this.awaitingHello = false;
+    if (text === undefined) return this.drain();
+    this.resumable = true;
+    const r = this.session.hello(text);
+    if (r.lost !== undefined) this.emit('statelost', { reason: r.lost });
+    for (const d of r.replay ?? []) ws.send(escapeResume(d));
+    this.drain();
+  }
+
+  /** Counts a received message and acknowledges in batches. */
+  received() {
+    const s = this.session;
+    s.received++;
+    if (s.received - s.ackSent >= RESUME_ACK_EVERY) this.sendAck();
+    else if (!('ack' in this.timers)) this.setTimer('ack', () => this.sendAck(), RESUME_ACK_DELAY);
+  }
+
+  sendAck() {
+    this.clearTimer('ack');
+    const s = this.session;
+    if (!this.ws || s.ackSent === s.received) return;
+    s.ackSent = s.received;
+    this.ws.send(`\0ack ${s.received}`);
   }
 
   setTimer(name, fn, ms) {
@@ -212,12 +318,14 @@ class Core {
     this.token = token;
     let ws;
     try {
-      ws = new o.WebSocket(this.url(token), o.protocols);
+      ws = new o.WebSocket(this.url(token), this.protocols());
     } catch (e) {
       // A bad URL throws synchronously; it will not get better by retrying.
       return this.stop(new WsgateError('url', `cannot open ${o.url}: ${e?.message ?? e}`));
     }
     this.ws = ws;
+    this.resumable = false;
+    this.awaitingHello = !!this.session;
     ws.binaryType = o.binaryType;
     ws.onopen = () => {
       if (gen !== this.gen) return;
@@ -233,14 +341,29 @@ class Core {
       this.setState('open');
       this.emit('open', {});
       this.armPing();
-      this.drain();
+      if (this.awaitingHello) this.setTimer('hello', () => this.onHello(ws), RESUME_HELLO_TIMEOUT);
+      else this.drain();
     };
     ws.onmessage = (ev) => {
       if (gen !== this.gen) return;
       this.clearTimer('deadline');
       this.armPing();
-      if (typeof ev.data === 'string' && ev.data === o.pong) return; // our heartbeat answer
-      this.emit('message', { data: ev.data });
+      let data = ev.data;
+      if (this.awaitingHello) {
+        if (typeof data === 'string' && data.startsWith('\0hello ')) return this.onHello(ws, data);
+        this.onHello(ws); // the first message is data: a plain link
+      }
+      if (this.resumable) {
+        if (typeof data === 'string' && data.charCodeAt(0) === 0) {
+          if (data.charCodeAt(1) !== 0) {
+            if (data.startsWith('\0ack ')) this.session.ack(Number(data.slice(5)));
+            return; // session control (\0pong, ...) never reaches the app
+          }
+          data = data.slice(1);
+        }
+        this.received();
+      } else if (typeof data === 'string' && data === o.pong) return; // our heartbeat answer
+      this.emit('message', { data });
     };
     ws.onclose = (ev) => {
       if (gen !== this.gen) return;
@@ -310,6 +433,15 @@ class Core {
     }
   }
 
+  /**
+   * The app closed or asked for a new link, so it knows the session is over. (A
+   * close from the server keeps the credential: the next hello says the state is
+   * lost, and the app hears so.)
+   */
+  forgetSession() {
+    if (this.session) this.session = new ResumeSession();
+  }
+
   stop(error) {
     this.detach(1000, '');
     this.setState('closed');
@@ -319,6 +451,7 @@ class Core {
   /** App close: no reconnect. The queue is kept so that reconnect() can flush it. */
   close(code = 1000, reason = '') {
     this.detach(code, reason);
+    this.forgetSession();
     this.lastClose = { code, reason };
     if (this.state !== 'closed') this.setState('closed');
   }
@@ -326,6 +459,7 @@ class Core {
   /** Connect now: restarts a stopped client, or replaces a live socket. */
   reconnect() {
     this.detach(1000, 'reconnect');
+    this.forgetSession();
     this.failures = 0;
     this.authRetried = false;
     this.connect();
@@ -342,7 +476,8 @@ class Core {
   ping() {
     const ws = this.ws;
     if (!ws || this.state !== 'open') return;
-    ws.send(this.o.ping);
+    // On a resumable link an app ping would be numbered data: \0ping is control.
+    ws.send(this.resumable ? '\0ping' : this.o.ping);
     const gen = this.gen;
     const sentBuffered = ws.bufferedAmount;
     const check = () => {
@@ -362,8 +497,8 @@ class Core {
     if (this.state === 'closed') return false;
     const ws = this.ws;
     // The app may call send() from a close handler, after the socket is gone.
-    if (ws && this.state === 'open' && this.queue.items.length === 0 && !this.paused && ws.bufferedAmount <= this.o.highWaterMark) {
-      ws.send(data);
+    if (ws && this.state === 'open' && !this.awaitingHello && this.queue.items.length === 0 && !this.paused && ws.bufferedAmount <= this.o.highWaterMark) {
+      this.write(ws, data);
       return true;
     }
     const { ok, dropped } = this.queue.push(data);
@@ -375,12 +510,12 @@ class Core {
   /** Flush in order while the socket's own buffer stays under the high-water mark. */
   drain() {
     const ws = this.ws;
-    if (!ws || this.state !== 'open') return;
+    if (!ws || this.state !== 'open' || this.awaitingHello) return;
     if (this.paused && ws.bufferedAmount > this.o.lowWaterMark) {
       return this.setTimer('drain', () => this.drain(), this.o.drainInterval);
     }
     this.paused = false;
-    while (this.queue.items.length && ws.bufferedAmount <= this.o.highWaterMark) ws.send(this.queue.shift());
+    while (this.queue.items.length && ws.bufferedAmount <= this.o.highWaterMark) this.write(ws, this.queue.shift());
     if (this.queue.items.length) {
       this.paused = true;
       this.setTimer('drain', () => this.drain(), this.o.drainInterval);
@@ -394,7 +529,8 @@ class Core {
  * Events: `open`, `message` ({data}), `close` ({code, reason, wasClean, local,
  * action}), `statechange` ({state, previous, attempt, delay, code, reason}),
  * `error` ({error: WsgateError}, terminal), `drop` ({data, reason}),
- * `leaderchange` ({leader}) with shareAcrossTabs.
+ * `leaderchange` ({leader}) with shareAcrossTabs, `statelost` ({reason}) with
+ * resume: the session could not be resumed, resynchronise.
  */
 export class WsgateClient extends EventTarget {
   #o;

@@ -17,8 +17,8 @@ use std::path::Path;
 
 pub use schema::{
     AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, DEFAULT_POOL, DeflateMode,
-    HealthConfig, HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, RouteConfig,
-    RouteOn, RoutingConfig, Serve, ServerConfig, TlsConfig,
+    HealthConfig, HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, ResumeConfig,
+    RouteConfig, RouteOn, RoutingConfig, Serve, ServerConfig, TlsConfig,
 };
 pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
 pub use validate::MIN_REQUEST_HEAD_BYTES;

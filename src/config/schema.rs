@@ -30,6 +30,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub resume: ResumeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,6 +347,32 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[resume]`: lossless reconnect for clients that ask for it (the
+/// `resume` module). Off by default: nothing changes for anyone then.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long a backend link is held after its client vanished.
+    #[serde(default = "default_resume_window")]
+    pub window: Dur,
+    /// What one session may hold toward its client (sent, not yet
+    /// acknowledged), in payload bytes.
+    #[serde(default = "default_resume_buffer")]
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            enabled: false,
+            window: default_resume_window(),
+            max_buffered_bytes: default_resume_buffer(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
@@ -506,6 +534,12 @@ fn default_max_buffered_bytes() -> usize {
 }
 fn default_slow_consumer_timeout() -> Dur {
     Dur::secs(30)
+}
+fn default_resume_window() -> Dur {
+    Dur::secs(30)
+}
+fn default_resume_buffer() -> usize {
+    1 << 20
 }
 fn default_true() -> bool {
     true

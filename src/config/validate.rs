@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use crate::config::schema::DEFAULT_POOL;
 use crate::config::schema::{
     AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, HealthConfig, HeartbeatConfig,
-    LimitsConfig, RoutingConfig, ServerConfig,
+    LimitsConfig, ResumeConfig, RoutingConfig, ServerConfig,
 };
 use crate::config::types::Source;
 
@@ -67,6 +67,7 @@ pub fn config(c: &Config) -> Check {
     health(&c.health)?;
     heartbeat(&c.heartbeat)?;
     limits(&c.limits)?;
+    resume(&c.resume)?;
     auth(&c.auth)?;
     admin(&c.admin)
 }
@@ -92,6 +93,20 @@ fn admin(a: &AdminConfig) -> Check {
             "admin",
             "protect_metrics",
             "needs token or token_file",
+        ));
+    }
+    Ok(())
+}
+
+fn resume(r: &ResumeConfig) -> Check {
+    if r.enabled && r.window.is_zero() {
+        return Err(invalid("resume", "window", "must be more than 0s"));
+    }
+    if r.max_buffered_bytes < 1024 {
+        return Err(invalid(
+            "resume",
+            "max_buffered_bytes",
+            "must be at least 1024",
         ));
     }
     Ok(())

@@ -42,14 +42,20 @@ use crate::auth::first_message::{self, FirstMessageError};
 use crate::backend::Backend;
 use crate::backend::dial::{self, Dialed, Upgraded};
 use crate::config::Serve;
+use crate::metrics::ResumeResult;
 use crate::metrics::{ConnResult, Metrics};
 use crate::relay::ending::{Ending, Refusal, Toward};
 use crate::relay::{Relay, Session};
 use crate::request;
+use crate::resume::registry::Owner;
+use crate::resume::session::Attach;
+use crate::resume::wire::HelloState;
+use crate::resume::{self, Lookup, SessionStart};
 use crate::side::Side;
 use crate::state::caps::Place;
 use crate::state::{Shared, Snapshot};
 use crate::tls::Stream;
+use crate::ws::close::code;
 use crate::ws::frame::ControlFrame;
 pub use reject::Reject;
 use task::Connection;
@@ -117,6 +123,7 @@ async fn upgrade(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let admitted = admit(req, ctx, snap).await?;
+    let offer = resume_offer(req, snap);
     if admitted.refuse_with_close.is_some() || admitted.token_in_first_message {
         // The gateway answers the upgrade itself; no subprotocol or
         // extension is agreed, since no backend has answered.
@@ -127,6 +134,11 @@ async fn upgrade(
         head.headers_mut().remove(header::SEC_WEBSOCKET_PROTOCOL);
         let next = Next::OwnUpgrade { admitted, head };
         return Ok(respond_101(req, ctx, snap, None, None, next, started));
+    }
+    if let Some(offer) = offer
+        && resume_granted(snap, &admitted)
+    {
+        return resumable(req, ctx, snap, admitted, offer, started).await;
     }
     let (backend, up) = match connect(req, ctx, snap, &admitted).await? {
         Connected::Upgraded(b, u) => (b, u),
@@ -145,6 +157,130 @@ async fn upgrade(
     Ok(respond_101(
         req, ctx, snap, protocol, extensions, next, started,
     ))
+}
+
+/// With `[resume] enabled`, a client's resume offer is taken out of the
+/// request (it never reaches a backend, and may hold a credential) and
+/// returned if there was one.
+fn resume_offer<B>(req: &mut Request<B>, snap: &Snapshot) -> Option<resume::Offer> {
+    if !snap.config.resume.enabled {
+        return None;
+    }
+    let offer = resume::Offer::parse(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    if !offer.wanted && offer.resume.is_none() {
+        return None;
+    }
+    let h = req.headers_mut();
+    h.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !offer.rest.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&offer.rest.join(", "))
+    {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+    }
+    Some(offer)
+}
+
+/// Resume is granted unless a feature only the relay enforces is on (the
+/// client then gets a plain link: no hello). `app_ping` does not stand in
+/// the way: wsgate clients use the `\0ping` control message on a
+/// resumable link instead.
+fn resume_granted(snap: &Snapshot, admitted: &Admitted) -> bool {
+    let p = &snap.policy;
+    let r = &p.rate;
+    admitted.refuse_with_close.is_none()
+        && !admitted.token_in_first_message
+        && !p.validate_json
+        && r.messages_per_sec == 0
+        && r.bytes_per_sec == 0
+}
+
+/// Who a session belongs to: a resume must come from the same.
+fn owner(admitted: &Admitted) -> Owner {
+    let mut identity = String::new();
+    for (name, value) in &admitted.extra_headers {
+        identity.push_str(name.as_str());
+        identity.push('=');
+        identity.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        identity.push('\n');
+    }
+    Owner {
+        client_id: admitted.client_id.as_str().into(),
+        identity: identity.into(),
+    }
+}
+
+/// A client that asked for a resumable session: reattach it to its live
+/// session (no dial), or start a new session (dial as usual), telling it
+/// in the hello whether the state it asked for was lost.
+async fn resumable(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Arc<Snapshot>,
+    admitted: Admitted,
+    offer: resume::Offer,
+    started: Instant,
+) -> Result<Response<Full<Bytes>>, Reject> {
+    let owner = owner(&admitted);
+    let mut state = HelloState::New;
+    if let Some((credential, received)) = offer.resume {
+        match ctx.shared.resume.peek(&credential, &owner) {
+            Lookup::Live(live) => {
+                let next = Next::Resume {
+                    credential,
+                    received,
+                    owner,
+                };
+                return Ok(respond_101(
+                    req,
+                    ctx,
+                    snap,
+                    live.protocol,
+                    None,
+                    next,
+                    started,
+                ));
+            }
+            Lookup::Lost(why) => {
+                // Expired and overflowed sessions were counted when they
+                // ended; a bad credential is counted now.
+                if matches!(why, ResumeResult::Unknown | ResumeResult::Refused) {
+                    ctx.shared.metrics.resume(why);
+                }
+                state = HelloState::Lost(why.label());
+            }
+        }
+    }
+    // Messages are counted one by one on a resumable link: no compression.
+    req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    let (backend, up) = match connect(req, ctx, snap, &admitted).await? {
+        Connected::Upgraded(b, u) => (b, u),
+        Connected::Refused(resp) => {
+            ctx.shared.metrics.connection(ConnResult::BackendError);
+            return Ok(resp);
+        }
+    };
+    upgraded(&ctx.shared.metrics, started);
+    // The client offered `wsgate.resume.v1`: if the backend chose no
+    // subprotocol, that one is the answer (a client that offers
+    // subprotocols may fail a 101 that names none, as tungstenite does).
+    let protocol = up
+        .protocol
+        .clone()
+        .or(Some(HeaderValue::from_static(resume::SUBPROTOCOL)));
+    let next = Next::Session {
+        admitted,
+        backend,
+        up,
+        owner,
+        state,
+        protocol: protocol.clone(),
+    };
+    Ok(respond_101(req, ctx, snap, protocol, None, next, started))
 }
 
 /// Phase 1: the request is a valid upgrade, under the caps, from an allowed
@@ -274,6 +410,22 @@ enum Next {
         admitted: Admitted,
         head: Request<()>,
     },
+    /// A new resumable session over the upgraded backend.
+    Session {
+        admitted: Admitted,
+        backend: Arc<Backend>,
+        up: Upgraded,
+        owner: Owner,
+        state: HelloState,
+        /// What the 101 named (a reconnect's 101 repeats it).
+        protocol: Option<HeaderValue>,
+    },
+    /// A reconnect to a live session.
+    Resume {
+        credential: String,
+        received: u64,
+        owner: Owner,
+    },
 }
 
 /// Phase 4: the 101 to the client, and the task that takes the socket once
@@ -322,9 +474,89 @@ fn respond_101(
             Next::OwnUpgrade { admitted, head } => {
                 after_own_101(&ctx, &snap, admitted, head, client, parts.read_buf, started).await
             }
+            Next::Session {
+                admitted,
+                backend,
+                up,
+                owner,
+                state,
+                protocol,
+            } => {
+                let attach = Attach {
+                    client,
+                    pre: parts.read_buf,
+                    received: 0,
+                    state,
+                    peer: ctx.peer,
+                    place: ctx.place.clone(),
+                };
+                let start = SessionStart {
+                    registry: ctx.shared.resume.clone(),
+                    metrics: ctx.shared.metrics.clone(),
+                    policy: snap.policy.clone(),
+                    config: snap.config.resume.clone(),
+                    owner,
+                    protocol,
+                    active: backend.enter(&ctx.shared.metrics),
+                    cancel: backend.cancel.clone(),
+                    shutdown: ctx.shared.shutdown.clone(),
+                    token_expires: admitted.expires_at,
+                    started,
+                };
+                // A task of its own: nothing of this upgrade task stays
+                // behind for the session's life.
+                ctx.shared
+                    .tracker
+                    .spawn(resume::start(start, up.io, up.pre, attach));
+            }
+            Next::Resume {
+                credential,
+                received,
+                owner,
+            } => {
+                reattach(&ctx, credential, received, owner, client, parts.read_buf).await;
+            }
         }
     });
     resp
+}
+
+/// Hands a reconnect's socket to its session. The credential is spent
+/// here, under the registry's lock: of two reconnects with one credential
+/// only one gets the session. The other (a replay, or a race with the
+/// session's end) gets 1012, and its next attempt learns the session is
+/// lost.
+async fn reattach(
+    ctx: &ConnCtx,
+    credential: String,
+    received: u64,
+    owner: Owner,
+    mut client: Stream,
+    pre: Bytes,
+) {
+    let attach = Attach {
+        client,
+        pre,
+        received,
+        state: HelloState::Resumed,
+        peer: ctx.peer,
+        place: ctx.place.clone(),
+    };
+    let refused = match ctx.shared.resume.take(&credential, &owner) {
+        Some(live) => match live.attach.send(attach) {
+            Ok(()) => return,
+            Err(e) => e.0,
+        },
+        None => attach,
+    };
+    ctx.shared.metrics.resume(ResumeResult::Unknown);
+    client = refused.client;
+    let f = ControlFrame::close(code::SERVICE_RESTART, "session lost; reconnect", None);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        client.write_all(f.as_bytes()).await?;
+        client.shutdown().await
+    })
+    .await;
 }
 
 /// After a 101 the gateway sent itself: the refusal, or the first-message

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::resume::Registry;
 use caps::Caps;
 pub use snapshot::{BuildError, Snapshot};
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub health: Mutex<CancellationToken>,
     /// Serialises reloads (SIGHUP and tests) so two never interleave.
     pub reload_lock: Mutex<()>,
+    /// Live resumable sessions, by credential (shared by every shard).
+    pub resume: Arc<Registry>,
 }
 
 impl Shared {
@@ -59,6 +62,7 @@ impl Shared {
             caps: Arc::default(),
             accepted: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
+            resume: Arc::default(),
         }
     }
 

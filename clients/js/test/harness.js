@@ -111,8 +111,10 @@ export function gatewayBinary() {
 
 /** The real gateway in front of the backend, configured per SPEC. */
 export class Gateway {
-  /** `port`: the client listener's port (0 = any; a fixed one lets a new process take over). */
-  /** `extra`: config text appended before the backends (e.g. a `[limits]` section). */
+  /**
+   * `port`: the client listener's port (0 = any; a fixed one lets a new process take over).
+   * `extra`: more config sections (e.g. `[resume]`), appended.
+   */
   constructor(backendPort, port = 0, extra = '') {
     this.backendPort = backendPort;
     this.port = port;

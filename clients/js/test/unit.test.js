@@ -286,3 +286,71 @@ test('statechange carries attempt and delay for a "reconnecting in N s" UI; clos
   await clock.advance(0);
   assert.equal(WS.all.length, 3, 'reconnect() restarts a closed client');
 });
+
+test('resume: offer, hello, acks, escaping, replay after a cut, statelost', async () => {
+  const { c, clock, log } = make({ resume: true, protocols: 'chat' }, [0, 0, 0, 0]);
+  const lost = [];
+  c.addEventListener('statelost', (e) => lost.push(e.reason));
+  await clock.advance(0);
+  assert.deepEqual(WS.last.protocols, ['chat', 'wsgate.resume.v1']);
+  WS.last.open();
+  c.send('a');
+  assert.deepEqual(WS.last.sent, [], 'nothing is written before the hello');
+  WS.last.receive('\0hello cred1 0 new');
+  assert.deepEqual(WS.last.sent, ['a']);
+  c.send('\0nul');
+  assert.deepEqual(WS.last.sent, ['a', '\0\0nul'], 'an app text led by NUL is escaped');
+  WS.last.receive('x');
+  WS.last.receive('\0\0y');
+  WS.last.receive('\0ack 1'); // the gateway has 'a'
+  WS.last.receive('\0pong');
+  assert.deepEqual(log.messages, ['x', '\0y'], 'control never reaches the app');
+  await clock.advance(100);
+  assert.equal(WS.last.sent.at(-1), '\0ack 2', 'received messages are acknowledged');
+  c.send('b');
+  // Cut: no close frame. The next link offers the credential and what we received.
+  WS.last.serverClose(1006);
+  await clock.advance(1000);
+  assert.deepEqual(WS.last.protocols, ['chat', 'wsgate.resume.v1', 'wsgate.resume.v1.cred1.2']);
+  WS.last.open();
+  // The gateway got 'a' and '\0nul' (2), not 'b': only 'b' goes again.
+  WS.last.receive('\0hello cred2 2 resumed');
+  assert.deepEqual(WS.last.sent, ['b']);
+  assert.deepEqual(lost, []);
+  // The gateway lost it: a fresh session, told once.
+  WS.last.serverClose(1006);
+  await clock.advance(1000);
+  assert.deepEqual(WS.last.protocols, ['chat', 'wsgate.resume.v1', 'wsgate.resume.v1.cred2.2']);
+  WS.last.open();
+  WS.last.receive('\0hello cred3 0 lost:expired');
+  assert.deepEqual(lost, ['expired']);
+  assert.deepEqual(WS.last.sent, [], 'nothing from the lost session is replayed');
+  // close() forgets the session: the next start offers no credential.
+  c.close();
+  c.reconnect();
+  await clock.advance(0);
+  assert.deepEqual(WS.last.protocols, ['chat', 'wsgate.resume.v1']);
+});
+
+test('resume: without a hello the link is plain', async () => {
+  const { c, clock, log } = make({ resume: true }, [0]);
+  await clock.advance(0);
+  WS.last.open();
+  c.send('a');
+  WS.last.receive('first');
+  assert.deepEqual(WS.last.sent, ['a']);
+  WS.last.receive('\0raw');
+  assert.deepEqual(log.messages, ['first', '\0raw']);
+  c.send('later');
+  await clock.advance(0);
+  assert.deepEqual(WS.last.sent, ['a', 'later']);
+  // A silent server: the hello wait ends after 5 s.
+  WS.last.serverClose(1006);
+  await clock.advance(1000);
+  WS.last.open();
+  c.send('b');
+  await clock.advance(4999);
+  assert.deepEqual(WS.last.sent, []);
+  await clock.advance(1);
+  assert.deepEqual(WS.last.sent, ['b']);
+});

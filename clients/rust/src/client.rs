@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{self, Error as WsError, Message as WsMessag
 use crate::backoff::{Backoff, RandomSource, default_random};
 use crate::policy::{Action, CloseDecision, Disconnect, classify};
 use crate::queue::{Push, Queue, QueueInfo, QueueLimits};
+use crate::resume::{self, Control, Hello, Session};
 use crate::sniff::{SniffShared, Sniffed};
 use crate::transport::Transport;
 use crate::{Bytes, Utf8Bytes};
@@ -154,6 +155,14 @@ pub enum State {
         /// Why.
         reason: CloseReason,
     },
+    /// An event, not a state (published on [`Client::state_changes`] only; `state()`
+    /// never returns it): with [`ClientBuilder::resume`], the link came back but the
+    /// gateway could not resume the session, so messages in flight either way may be
+    /// lost. The link is open on a fresh session; resynchronise the application.
+    StateLost {
+        /// Why: `expired`, `overflow`, `unknown`, `refused` or `count mismatch`.
+        reason: String,
+    },
 }
 
 /// Why [`Client::send`] did not take a message. Each variant gives the message back.
@@ -281,6 +290,7 @@ struct Config {
     token: Option<(Arc<dyn TokenProvider>, TokenPlacement)>,
     on_close_code: Option<CloseCallback>,
     random: RandomSource,
+    resume: bool,
     #[cfg(feature = "rustls-tls")]
     tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
@@ -292,6 +302,16 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// Asks wsgate for a resumable session (gateway `[resume] enabled`; default off):
+    /// when the link is lost without a close frame, the gateway holds the backend link
+    /// and, on reconnect, both sides replay what the other missed, so every message
+    /// arrives exactly once and in order. If that is impossible the client reports
+    /// [`State::StateLost`] once and goes on with a fresh session. See clients/README.md.
+    pub fn resume(mut self, on: bool) -> Self {
+        self.cfg.resume = on;
+        self
+    }
+
     /// Backoff base and cap (defaults 1 s and 30 s).
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.cfg.backoff = Backoff { base, cap };
@@ -426,6 +446,7 @@ impl ClientBuilder {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (in_tx, in_rx) = mpsc::channel(self.cfg.incoming_capacity);
         let sup = Supervisor {
+            session: self.cfg.resume.then(Session::default),
             cfg: Arc::new(self.cfg),
             shared: shared.clone(),
             cmd: cmd_rx,
@@ -545,6 +566,7 @@ impl Client {
                 token: None,
                 on_close_code: None,
                 random: default_random(),
+                resume: false,
                 #[cfg(feature = "rustls-tls")]
                 tls: None,
             },
@@ -706,8 +728,15 @@ impl Client {
 
 type Ws = WebSocketStream<Sniffed<Transport>>;
 
+/// How long a resumable link waits for the gateway's hello before it counts as a
+/// plain link (the gateway sends it at once).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Received messages are acknowledged after this, if fewer than `ACK_EVERY` came.
+const ACK_DELAY: Duration = Duration::from_millis(100);
+
 enum Attempt {
-    Opened(Box<Ws>, Arc<SniffShared>, Option<String>),
+    /// The link, and whether the gateway took the resume offer.
+    Opened(Box<Ws>, Arc<SniffShared>, Option<String>, bool),
     Failed(Disconnect, Option<String>),
     Cmd(Cmd),
 }
@@ -725,6 +754,8 @@ struct Supervisor {
     failures: u32,
     refresh_used: bool,
     refused: VecDeque<String>,
+    /// With resume on: the session that outlives links.
+    session: Option<Session>,
 }
 
 impl Supervisor {
@@ -797,14 +828,16 @@ impl Supervisor {
                     continue;
                 }
                 Attempt::Failed(d, token) => (d, token),
-                Attempt::Opened(ws, sniff, token) => match self.run_open(*ws, sniff).await {
-                    OpenEnd::Cmd(Cmd::Close(..)) => return CloseReason::Client,
-                    OpenEnd::Cmd(Cmd::Reconnect) => {
-                        refresh = false;
-                        continue;
+                Attempt::Opened(ws, sniff, token, offered) => {
+                    match self.run_open(*ws, sniff, offered).await {
+                        OpenEnd::Cmd(Cmd::Close(..)) => return CloseReason::Client,
+                        OpenEnd::Cmd(Cmd::Reconnect) => {
+                            refresh = false;
+                            continue;
+                        }
+                        OpenEnd::Lost(d) => (d, token),
                     }
-                    OpenEnd::Lost(d) => (d, token),
-                },
+                }
             };
             refresh = false;
             tracing::debug!(disconnect = %outcome, "wsgate-client disconnected");
@@ -890,6 +923,7 @@ impl Supervisor {
             last: self.shared.last_disconnect.lock().unwrap().clone(),
         };
         let refused: Vec<String> = self.refused.iter().cloned().collect();
+        let offer = self.session.as_ref().map(Session::offer);
         let token_slot: Arc<Mutex<Option<String>>> = Arc::default();
         let slot = token_slot.clone();
         let fut = async move {
@@ -906,7 +940,7 @@ impl Supervisor {
                 None => None,
             };
             *slot.lock().unwrap() = token.clone();
-            connect_once(&cfg, token.as_deref()).await
+            connect_once(&cfg, token.as_deref(), offer.as_deref()).await
         };
         let res = tokio::select! {
             r = timeout(self.cfg.connect_timeout, fut) => r,
@@ -914,13 +948,13 @@ impl Supervisor {
         };
         let token = token_slot.lock().unwrap().take();
         match res {
-            Ok(Ok((ws, sniff))) => Attempt::Opened(Box::new(ws), sniff, token),
+            Ok(Ok((ws, sniff, offered))) => Attempt::Opened(Box::new(ws), sniff, token, offered),
             Ok(Err(d)) => Attempt::Failed(d, token),
             Err(_) => Attempt::Failed(Disconnect::ConnectTimeout, token),
         }
     }
 
-    async fn run_open(&mut self, ws: Ws, sniff: Arc<SniffShared>) -> OpenEnd {
+    async fn run_open(&mut self, ws: Ws, sniff: Arc<SniffShared>, offered: bool) -> OpenEnd {
         let cfg = self.cfg.clone();
         let shared = self.shared.clone();
         let (mut sink, mut stream) = ws.split();
@@ -932,7 +966,14 @@ impl Supervisor {
             paused: false,
             high: cfg.high_water as u64,
             low: cfg.low_water as u64,
+            replay: VecDeque::new(),
         };
+        // Resume: nothing is written before the gateway's hello (the first message
+        // of a resumable link) says what to replay. `resumable` once it came.
+        let mut awaiting_hello = offered;
+        let hello_by = Instant::now() + HELLO_TIMEOUT;
+        let mut resumable = false;
+        let mut ack_at: Option<Instant> = None;
         shared.set_state(State::Open);
         let opened = Instant::now();
         let mut reset_pending = true;
@@ -947,13 +988,25 @@ impl Supervisor {
             };
             let dead_at = ping_deadline.unwrap_or(opened + far);
             let reset_at = opened + cfg.reset_after;
-            let has_work = w.has_work(&shared);
+            let has_work = !awaiting_hello && w.has_work(&shared);
             // Unbiased: a flood of incoming messages must not starve the writer or timers.
             tokio::select! {
                 cmd = self.cmd.recv() => {
                     let cmd = self.on_command(cmd);
-                    close_open(&mut sink, &mut stream, &mut w, &shared, &cmd, cfg.close_timeout).await;
+                    close_open(&mut sink, &mut stream, &mut w, &shared, &cmd, cfg.close_timeout, resumable).await;
+                    if let Some(s) = &mut self.session { s.end() }
                     return OpenEnd::Cmd(cmd);
+                }
+                _ = sleep_until(hello_by), if awaiting_hello => {
+                    // No hello: the gateway did not take the offer. A plain link.
+                    awaiting_hello = false;
+                }
+                _ = sleep_until(ack_at.unwrap_or(opened + far)), if ack_at.is_some() => {
+                    ack_at = None;
+                    if let Some(s) = &mut self.session {
+                        s.ack_sent = s.received;
+                        w.priority.push_back(Message::text(format!("\0ack {}", s.received)));
+                    }
                 }
                 msg = stream.next() => {
                     let msg = match msg {
@@ -963,7 +1016,33 @@ impl Supervisor {
                     };
                     last_rx = Instant::now();
                     ping_deadline = None;
+                    if awaiting_hello {
+                        awaiting_hello = false;
+                        if let (WsMessage::Text(t), Some(s)) = (&msg, &mut self.session)
+                            && let Control::Hello { credential, received, state } = resume::classify(t)
+                        {
+                            resumable = true;
+                            match s.hello(credential, received, state) {
+                                Hello::New => {}
+                                Hello::Resumed(again) => w.replay = again.into(),
+                                Hello::Lost(reason) => {
+                                    tracing::info!(%reason, "wsgate-client: session state lost");
+                                    let _ = shared.events.send(State::StateLost { reason });
+                                }
+                            }
+                            continue;
+                        }
+                    }
                     let data = match msg {
+                        WsMessage::Text(t) if resumable => match resume::classify(&t) {
+                            Control::Data(d) if d.len() == t.len() => Message::Text(t),
+                            Control::Data(d) => Message::text(d.to_owned()),
+                            Control::Ack(n) => {
+                                if let Some(s) = &mut self.session { s.acked(n) }
+                                continue;
+                            }
+                            Control::Hello { .. } | Control::Other => continue,
+                        },
                         WsMessage::Text(t) => {
                             if cfg.heartbeat.as_ref().is_some_and(|hb| t.as_str() == hb.pong) {
                                 continue;
@@ -979,6 +1058,9 @@ impl Supervisor {
                         }
                         WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
                         WsMessage::Close(frame) => {
+                            // The server ended the session. Its credential is kept: the
+                            // next link offers it, learns the state is lost, and the
+                            // application hears so (StateLost), never silently.
                             let d = match sniff.close_frame() {
                                 Some((code, reason)) => Disconnect::Close { code, reason },
                                 None => match frame {
@@ -996,6 +1078,16 @@ impl Supervisor {
                             return OpenEnd::Lost(d);
                         }
                     };
+                    if resumable && let Some(s) = &mut self.session {
+                        s.received += 1;
+                        if s.received - s.ack_sent >= resume::ACK_EVERY {
+                            s.ack_sent = s.received;
+                            ack_at = None;
+                            w.priority.push_back(Message::text(format!("\0ack {}", s.received)));
+                        } else if ack_at.is_none() {
+                            ack_at = Some(Instant::now() + ACK_DELAY);
+                        }
+                    }
                     // Deliver, but stay responsive to close() while the app is not reading.
                     let Some(tx) = self.incoming.clone() else { continue };
                     tokio::select! {
@@ -1006,7 +1098,8 @@ impl Supervisor {
                         }
                         cmd = self.cmd.recv() => {
                             let cmd = self.on_command(cmd);
-                            close_open(&mut sink, &mut stream, &mut w, &shared, &cmd, cfg.close_timeout).await;
+                            close_open(&mut sink, &mut stream, &mut w, &shared, &cmd, cfg.close_timeout, resumable).await;
+                            if let Some(s) = &mut self.session { s.end() }
                             return OpenEnd::Cmd(cmd);
                         }
                     }
@@ -1016,7 +1109,10 @@ impl Supervisor {
                 }
                 _ = sleep_until(next_ping), if cfg.heartbeat.is_some() && ping_deadline.is_none() => {
                     let hb = cfg.heartbeat.as_ref().expect("heartbeat configured");
-                    w.priority.push_back(Message::text(hb.ping.clone()));
+                    // On a resumable link the app ping would be numbered data: the
+                    // gateway answers the `\0ping` control message instead.
+                    let ping = if resumable { resume::PING.to_owned() } else { hb.ping.clone() };
+                    w.priority.push_back(Message::text(ping));
                     ping_deadline = Some(Instant::now() + hb.timeout);
                 }
                 _ = sleep_until(reset_at), if reset_pending => {
@@ -1024,7 +1120,7 @@ impl Supervisor {
                     self.failures = 0;
                     self.refresh_used = false;
                 }
-                r = w.step(&mut sink, &shared), if has_work => {
+                r = w.step(&mut sink, &shared, if resumable { self.session.as_mut() } else { None }), if has_work => {
                     if let Err(e) = r {
                         return OpenEnd::Lost(lost(&sniff, e.to_string()));
                     }
@@ -1062,8 +1158,11 @@ struct Writer {
     /// Frame bytes handed to tungstenite, on the same scale as `sniff.written()`.
     fed: u64,
     sniff: Arc<SniffShared>,
-    /// Messages that go before the queue (heartbeat pings).
+    /// Messages that go before the queue (heartbeat pings; on a resumable link,
+    /// control messages).
     priority: VecDeque<Message>,
+    /// Resume: messages the gateway did not get, sent again before the queue.
+    replay: VecDeque<Message>,
     need_flush: bool,
     paused: bool,
     high: u64,
@@ -1086,17 +1185,40 @@ impl Writer {
     }
 
     fn has_work(&self, shared: &Shared) -> bool {
-        !self.priority.is_empty() || self.need_flush || (!self.paused && !shared.queue_empty())
+        !self.priority.is_empty()
+            || !self.replay.is_empty()
+            || self.need_flush
+            || (!self.paused && !shared.queue_empty())
     }
 
     /// One cancel-safe step: feed one message, or flush.
-    async fn step(&mut self, sink: &mut Sink, shared: &Shared) -> Result<(), WsError> {
+    /// With a resumable `session`, data messages are recorded until acknowledged
+    /// and escaped.
+    async fn step(
+        &mut self,
+        sink: &mut Sink,
+        shared: &Shared,
+        session: Option<&mut Session>,
+    ) -> Result<(), WsError> {
         self.publish(shared);
-        if !self.priority.is_empty() || (!self.paused && !shared.queue_empty()) {
+        if !self.priority.is_empty()
+            || !self.replay.is_empty()
+            || (!self.paused && !shared.queue_empty())
+        {
             poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-            let msg = match self.priority.pop_front() {
-                Some(m) => Some(m),
-                None => shared.pop(),
+            let msg = if let Some(m) = self.priority.pop_front() {
+                Some(m)
+            } else if let Some(m) = self.replay.pop_front() {
+                Some(resume::escape(m))
+            } else {
+                let m = shared.pop();
+                match (m, session) {
+                    (Some(m), Some(s)) => {
+                        s.sent(m.clone());
+                        Some(resume::escape(m))
+                    }
+                    (m, _) => m,
+                }
             };
             if let Some(m) = msg {
                 self.fed += frame_len(m.len());
@@ -1136,6 +1258,7 @@ async fn close_open(
     shared: &Shared,
     cmd: &Cmd,
     limit: Duration,
+    resumable: bool,
 ) {
     // close(): send what is queued first. reconnect(): leave the queue for the next link.
     let (code, reason, flush) = match cmd {
@@ -1144,6 +1267,7 @@ async fn close_open(
     };
     let _ = timeout(limit, async {
         while flush && let Some(m) = shared.pop() {
+            let m = if resumable { resume::escape(m) } else { m };
             sink.feed(m.into_ws()).await?;
         }
         w.priority.clear();
@@ -1193,10 +1317,50 @@ fn with_query(url: &str, name: &str, value: &str) -> String {
     )
 }
 
+/// Connects and upgrades; with a resume `offer`, also says whether the gateway took
+/// it. A server that answers a resume offer without a subprotocol (no `[resume]`
+/// there) fails tungstenite's check: the client then connects once more without it.
 async fn connect_once(
     cfg: &Config,
     token: Option<&str>,
-) -> Result<(Ws, Arc<SniffShared>), Disconnect> {
+    offer: Option<&str>,
+) -> Result<(Ws, Arc<SniffShared>, bool), Disconnect> {
+    if let Some(offer) = offer {
+        match upgrade(cfg, token, Some(offer)).await {
+            Err(Refused::NoSubprotocol) => {
+                tracing::warn!("wsgate-client: the server does not offer resume; plain link");
+            }
+            Err(Refused::Other(d)) => return Err(d),
+            Ok((ws, sniff)) => return Ok((ws, sniff, true)),
+        }
+    }
+    match upgrade(cfg, token, None).await {
+        Ok((ws, sniff)) => Ok((ws, sniff, false)),
+        Err(Refused::NoSubprotocol) => Err(Disconnect::Abnormal {
+            error: "server chose no subprotocol".into(),
+        }),
+        Err(Refused::Other(d)) => Err(d),
+    }
+}
+
+/// Why an upgrade failed.
+enum Refused {
+    /// Subprotocols were offered and the 101 named none.
+    NoSubprotocol,
+    Other(Disconnect),
+}
+
+impl From<Disconnect> for Refused {
+    fn from(d: Disconnect) -> Self {
+        Refused::Other(d)
+    }
+}
+
+async fn upgrade(
+    cfg: &Config,
+    token: Option<&str>,
+    offer: Option<&str>,
+) -> Result<(Ws, Arc<SniffShared>), Refused> {
     let invalid = |e: String| Disconnect::Invalid { error: e };
     let placement = cfg.token.as_ref().map(|(_, p)| p);
     let url = match (placement, token) {
@@ -1215,6 +1379,16 @@ async fn connect_once(
             .map_err(|_| invalid(format!("bad value for header {name}")))?;
         req.headers_mut().append(name, value);
     }
+    if let Some(offer) = offer {
+        let name = tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+        let value = match req.headers().get(&name).and_then(|v| v.to_str().ok()) {
+            Some(app) => format!("{app}, {offer}"),
+            None => offer.to_owned(),
+        };
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| invalid("bad Sec-WebSocket-Protocol".into()))?;
+        req.headers_mut().insert(name, value);
+    }
     if let (Some(TokenPlacement::Header(name)), Some(t)) = (placement, token) {
         let name: tungstenite::http::HeaderName = name
             .parse()
@@ -1227,11 +1401,11 @@ async fn connect_once(
     let tls = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
-        other => return Err(invalid(format!("unsupported scheme {other:?}"))),
+        other => return Err(invalid(format!("unsupported scheme {other:?}")).into()),
     };
     #[cfg(not(feature = "rustls-tls"))]
     if tls {
-        return Err(invalid("wss:// needs the rustls-tls feature".into()));
+        return Err(invalid("wss:// needs the rustls-tls feature".into()).into());
     }
     let host = uri
         .host()
@@ -1266,7 +1440,14 @@ async fn connect_once(
     let (mut ws, _resp) =
         tokio_tungstenite::client_async_with_config(req, stream, Some(cfg.ws_config))
             .await
-            .map_err(handshake_error)?;
+            .map_err(|e| match e {
+                WsError::Protocol(
+                    tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(
+                        tungstenite::error::SubProtocolError::NoSubProtocol,
+                    ),
+                ) => Refused::NoSubprotocol,
+                e => Refused::Other(handshake_error(e)),
+            })?;
     if let (Some(TokenPlacement::FirstMessage), Some(t)) = (placement, token) {
         ws.send(WsMessage::Text(t.to_owned().into()))
             .await

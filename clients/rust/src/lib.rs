@@ -52,6 +52,7 @@ mod backoff;
 mod client;
 mod policy;
 mod queue;
+mod resume;
 mod sniff;
 mod transport;
 
