@@ -4,24 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-
-/// Kills the gateway process when the test ends, pass or fail.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test]
 async fn json_access_log_line_per_connection_without_tokens() {
@@ -37,34 +25,9 @@ async fn json_access_log_line_per_connection_without_tokens() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Kill(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("wsgate listening on ws://")
-                    .map(str::to_string)
-            })
-            .expect("listening line")
-    })
-    .await
-    .unwrap();
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut gw = binary::Binary::run(&cfg, "info").await;
+    let addr = gw.addr.clone();
+    let rx = &mut gw.stderr;
 
     let secret = "sekret-token-value";
     let mut c = connect(&format!("ws://{addr}/room?client_id=alice&token={secret}")).await;

@@ -525,20 +525,8 @@ async fn affinity_cookie_steers_the_upgrade_too() {
     }
 }
 
-/// Kills the gateway process when the test ends, pass or fail.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_access_log_line_per_http_request_without_the_query() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let b = http_backend("one", None).await;
     let dir = std::env::temp_dir().join(format!("wsgate-http-access-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -552,35 +540,9 @@ async fn one_access_log_line_per_http_request_without_the_query() {
         ),
     )
     .unwrap();
-    let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["run", "-c", cfg.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("wsgate listening on ws://")
-                    .map(|a| a.trim_end_matches('/').parse().unwrap())
-            })
-            .expect("listening line")
-    })
-    .await
-    .unwrap();
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut gw = binary::Binary::run(&cfg, "info").await;
+    let addr: SocketAddr = gw.addr.trim_end_matches('/').parse().unwrap();
+    let rx = &mut gw.stderr;
     let secret = "sekret-token-value";
     let mut c = Conn::open(addr, lo()).await;
     let (resp, body) = c.get(&format!("/who?token={secret}"), &[]).await;

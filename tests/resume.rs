@@ -384,20 +384,8 @@ async fn shutdown_closes_a_waiting_session_with_1001() {
     );
 }
 
-/// Kills the gateway process when the test ends, pass or fail.
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_access_log_marks_a_resumed_connection_and_never_names_the_credential() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let (b, _) = backend().await;
     let dir = std::env::temp_dir().join(format!("wsgate-resume-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -407,34 +395,9 @@ async fn the_access_log_marks_a_resumed_connection_and_never_names_the_credentia
         &format!("[admin]\nlisten = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n{ON}"),
     );
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = Kill(child);
-    let stdout = child.0.stdout.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.strip_prefix("wsgate listening on ws://")
-                    .map(str::to_string)
-            })
-            .expect("listening line")
-    })
-    .await
-    .unwrap();
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut gw = binary::Binary::run(&path, "debug").await;
+    let addr = gw.addr.clone();
+    let rx = &mut gw.stderr;
 
     let url = format!("ws://{addr}/?client_id=carol");
     let (mut ws, _) = connect_offering(&url, "wsgate.resume.v1").await;

@@ -140,14 +140,10 @@ async fn upgrade(
     {
         return resumable(req, ctx, snap, admitted, offer, started).await;
     }
-    let (backend, up) = match connect(req, ctx, snap, &admitted).await? {
-        Connected::Upgraded(b, u) => (b, u),
-        Connected::Refused(resp) => {
-            ctx.shared.metrics.connection(ConnResult::BackendError);
-            return Ok(resp);
-        }
+    let (backend, up) = match connect_before_101(req, ctx, snap, &admitted, started).await? {
+        Ok(upgraded) => upgraded,
+        Err(backend_answer) => return Ok(backend_answer),
     };
-    upgraded(&ctx.shared.metrics, started);
     let (protocol, extensions) = (up.protocol.clone(), up.extensions.clone());
     let next = Next::Relay {
         admitted,
@@ -257,14 +253,10 @@ async fn resumable(
     }
     // Messages are counted one by one on a resumable link: no compression.
     req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    let (backend, up) = match connect(req, ctx, snap, &admitted).await? {
-        Connected::Upgraded(b, u) => (b, u),
-        Connected::Refused(resp) => {
-            ctx.shared.metrics.connection(ConnResult::BackendError);
-            return Ok(resp);
-        }
+    let (backend, up) = match connect_before_101(req, ctx, snap, &admitted, started).await? {
+        Ok(upgraded) => upgraded,
+        Err(backend_answer) => return Ok(backend_answer),
     };
-    upgraded(&ctx.shared.metrics, started);
     // The client offered `wsgate.resume.v1`: if the backend chose no
     // subprotocol, that one is the answer (a client that offers
     // subprotocols may fail a 101 that names none, as tungstenite does).
@@ -386,6 +378,28 @@ async fn dial<B>(
         }
     }
     Err(Reject::BackendUnreachable(last_error))
+}
+
+/// Phases 2 and 3 on the usual path, before the 101: the upgraded backend,
+/// or the answer the client gets instead (a backend's own status, counted
+/// as `backend_error`).
+async fn connect_before_101(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    admitted: &Admitted,
+    started: Instant,
+) -> Result<Result<(Arc<Backend>, Upgraded), Response<Full<Bytes>>>, Reject> {
+    match connect(req, ctx, snap, admitted).await? {
+        Connected::Upgraded(backend, up) => {
+            upgraded(&ctx.shared.metrics, started);
+            Ok(Ok((backend, up)))
+        }
+        Connected::Refused(resp) => {
+            ctx.shared.metrics.connection(ConnResult::BackendError);
+            Ok(Err(resp))
+        }
+    }
 }
 
 /// Counts an upgrade that reached its backend.

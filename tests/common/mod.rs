@@ -18,6 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wsgate::config::Listen;
 use wsgate::{Config, Gateway};
 
+pub mod binary;
 pub mod named;
 
 /// Bound for any single wait in tests.
