@@ -33,13 +33,35 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, loopback, &req)) }
+                async move { Ok::<_, Infallible>(respond(&shared, loopback, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
     }
+}
+
+/// The cluster's routes (`cluster::admin`: they read a body and call
+/// Redis) when `[cluster]` is on, after the same access check; else
+/// [`route`].
+async fn respond(
+    shared: &Shared,
+    loopback: bool,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some(c) = shared
+        .cluster
+        .get()
+        .filter(|_| crate::cluster::admin::owns(path))
+    {
+        if let Some(refused) = access(&req, loopback, &shared.snapshot.load()) {
+            return refused;
+        }
+        return crate::cluster::admin::route(c, req).await;
+    }
+    route(shared, loopback, &req)
 }
 
 /// Answers one admin request. `loopback`: whether the listener is bound to

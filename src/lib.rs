@@ -29,6 +29,7 @@
 //! | [`ws`] | RFC 6455 frames, masking, close codes, UTF-8 (pure) |
 //! | [`backend`] | backend state, health (rise/fall, checks), dialing, the HTTP client |
 //! | [`auth`] | Origin, JWT, forward auth, first-message tokens |
+//! | [`cluster`] | many gateways as one on Redis: presence, commands by client ID, topics, per-client cap |
 //! | [`routing`] | the consistent-hash ring with bounded loads (pure) |
 //! | [`request`] | values from a request head: query, header, cookie, client ID (pure) |
 //! | [`config`] | the TOML schema, defaults, validation; errors with key and line |
@@ -39,13 +40,14 @@
 //! | [`demo`] | the echo backends and config of `wsgate demo` |
 //!
 //! Modules only import downward in this order (no cycles): `gateway` ->
-//! `admin`, `conn` -> `state` -> `resume` -> `relay`, `backend`, `auth` -> `routing`,
+//! `admin`, `conn` -> `state` -> `cluster`, `resume` -> `relay`, `backend`, `auth` -> `routing`,
 //! `request`, `ws`, `config`, `metrics`, `side`, `tls`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -435,6 +435,12 @@ impl Metrics {
     }
 
     /// The text exposition format served on `/metrics`.
+    /// The registry, for metrics registered by optional features (the
+    /// cluster's, only when `[cluster]` is on).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()

@@ -59,6 +59,9 @@ impl From<UpgradeError> for DialError {
 }
 
 /// A backend that accepted the upgrade.
+/// The backend's 101 header naming the topics of the new connection.
+pub const TOPICS_HEADER: &str = "wsgate-topics";
+
 pub struct Upgraded {
     pub io: Stream,
     /// Bytes hyper read past the 101 (frames the backend sent at once).
@@ -67,6 +70,9 @@ pub struct Upgraded {
     /// subprotocol and extensions.
     pub protocol: Option<HeaderValue>,
     pub extensions: Option<HeaderValue>,
+    /// `Wsgate-Topics`: the topics the backend subscribes this connection
+    /// to (cluster); never passed on to the client.
+    pub topics: Option<HeaderValue>,
 }
 
 /// What the backend said to the upgrade.
@@ -161,11 +167,13 @@ async fn upgrade(
         .headers()
         .get(header::SEC_WEBSOCKET_EXTENSIONS)
         .cloned();
+    let topics = resp.headers().get(TOPICS_HEADER).cloned();
     let (io, pre) = exchange.upgrade().await?;
     Ok(Dialed::Upgraded(Upgraded {
         io,
         pre,
         protocol,
         extensions,
+        topics,
     }))
 }

@@ -7,6 +7,7 @@
 //! and reads no file other than the config itself (certificate and key files
 //! are read by `tls`, so a reload re-reads them too).
 
+pub mod cluster;
 mod schema;
 mod spans;
 mod types;

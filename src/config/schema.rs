@@ -32,6 +32,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub resume: ResumeConfig,
+    #[serde(default)]
+    pub cluster: crate::config::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -69,7 +69,8 @@ pub fn config(c: &Config) -> Check {
     limits(&c.limits)?;
     resume(&c.resume)?;
     auth(&c.auth)?;
-    admin(&c.admin)
+    admin(&c.admin)?;
+    crate::config::cluster::validate(&c.cluster)
 }
 
 fn admin(a: &AdminConfig) -> Check {

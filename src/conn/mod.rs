@@ -41,6 +41,7 @@ use crate::auth::Admitted;
 use crate::auth::first_message::{self, FirstMessageError};
 use crate::backend::Backend;
 use crate::backend::dial::{self, Dialed, Upgraded};
+use crate::cluster::registry;
 use crate::config::Serve;
 use crate::metrics::ResumeResult;
 use crate::metrics::{ConnResult, Metrics};
@@ -663,7 +664,7 @@ fn start_relay(
         shutdown: ctx.shared.shutdown.clone(),
     };
     let active = backend.enter(&metrics);
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         client,
         client_pre,
         up.io,
@@ -672,6 +673,19 @@ fn start_relay(
         metrics,
         session,
     );
+    if let Some(cluster) = ctx.shared.cluster.get() {
+        // In memory only; the cluster task mirrors it into Redis.
+        let topics = up
+            .topics
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| registry::parse_topics(v.split(',')))
+            .unwrap_or_default();
+        let link = cluster
+            .registry
+            .register(&admitted.client_id, &backend.name, topics);
+        relay = relay.with_link(link);
+    }
     ctx.shared.tracker.spawn(Connection {
         relay,
         active: Some(active),

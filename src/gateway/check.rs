@@ -24,6 +24,24 @@ pub fn check_files(config: Config, text: &str) -> Result<Config, ConfigError> {
     // The snapshot's backends hang off a throwaway root: nothing runs
     // under it, and it is dropped with the snapshot.
     let root = CancellationToken::new();
+    // `[cluster] redis_ca` is read as the start reads it (no connection).
+    if config.cluster.enabled()
+        && let Err(e) = crate::cluster::redis_client(&config.cluster)
+    {
+        let key = match e {
+            crate::cluster::ClusterError::Ca(_) => "redis_ca",
+            _ => "redis_url",
+        };
+        let problem = e.to_string();
+        let problem = problem.split_once(": ").map_or(&*problem, |(_, p)| p);
+        return Err(ConfigError::at(
+            text,
+            "cluster",
+            None,
+            key,
+            problem.to_string(),
+        ));
+    }
     match Snapshot::build(config, None, &root) {
         Ok(snap) => Ok((*snap.config).clone()),
         Err(e) => {

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin;
 use crate::backend::checks;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::state::{BuildError, Shared, Snapshot};
@@ -36,6 +37,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Shard threads by default: `WSGATE_WORKERS`, else one per core.
@@ -89,6 +92,14 @@ impl Gateway {
         let root = CancellationToken::new();
         let snapshot = Snapshot::build(config, None, &root)?;
         let shared = Arc::new(Shared::new(snapshot, metrics, root));
+        let cluster_config = &shared.snapshot.load().config.cluster;
+        if cluster_config.enabled() {
+            // Redis is reached in the background: a gateway starts (and
+            // relays) whether or not Redis is up.
+            let cluster = Cluster::new(cluster_config, &shared.metrics)?;
+            cluster.spawn(shared.shutdown.clone());
+            let _ = shared.cluster.set(cluster);
+        }
         {
             let snap = shared.snapshot.load();
             checks::spawn(

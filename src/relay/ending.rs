@@ -30,6 +30,10 @@ pub enum Ending {
     /// The gateway answered the 101 itself and then refused the client
     /// (`reject_with = "close"`, first-message auth, no backend after it).
     Refused(Refusal),
+    /// Closed by a cluster command (disconnect by client ID, or the
+    /// per-client cap): `code` and the command's reason to the client,
+    /// 1001 to the backend.
+    Disconnected { code: u16 },
     /// Both sockets failed before anything else ended the connection.
     Aborted,
 }
@@ -90,6 +94,13 @@ impl Ending {
                 },
             ),
             Ending::Shutdown => Toward::Close(code::GOING_AWAY, self.reason()),
+            Ending::Disconnected { code } => match peer {
+                // The command's own reason replaces this one (see relay::push).
+                Side::Client => Toward::Close(code, self.reason()),
+                Side::Backend => {
+                    Toward::Close(code::GOING_AWAY, "client disconnected by the gateway")
+                }
+            },
             Ending::Drained => match peer {
                 Side::Client => Toward::Close(code::SERVICE_RESTART, self.reason()),
                 Side::Backend => Toward::Close(code::GOING_AWAY, self.reason()),
@@ -114,7 +125,9 @@ impl Ending {
     /// when no close frame was involved (RFC 6455 section 7.1.5).
     pub fn code(&self) -> u16 {
         match *self {
-            Ending::Closed { code, .. } | Ending::Violation { code, .. } => code,
+            Ending::Closed { code, .. }
+            | Ending::Violation { code, .. }
+            | Ending::Disconnected { code } => code,
             Ending::Vanished(_) | Ending::Aborted => code::ABNORMAL,
             Ending::HeartbeatTimeout(side) => partner_code(side),
             Ending::Shutdown => code::GOING_AWAY,
@@ -136,6 +149,7 @@ impl Ending {
             Ending::HeartbeatTimeout(Side::Client) => "client heartbeat timeout",
             Ending::HeartbeatTimeout(Side::Backend) => "backend heartbeat timeout",
             Ending::Shutdown => "gateway shutting down",
+            Ending::Disconnected { .. } => "closed by a cluster command",
             Ending::Drained => "backend removed from service",
             Ending::Refused(Refusal::AuthFailed) => "authentication failed",
             Ending::Refused(Refusal::AuthTimeout) => "no token in time",

@@ -28,6 +28,7 @@ pub mod inbound;
 pub mod inflate;
 pub mod peer;
 pub mod policy;
+pub mod push;
 pub mod rate;
 pub mod timers;
 
@@ -49,7 +50,8 @@ use crate::ws::close::{code, valid_on_wire};
 use ending::{Ending, Toward};
 use inbound::{DirCtx, Events, Violation};
 use inflate::Inspect;
-use peer::{Peer, Reading, Traffic};
+use peer::{CloseState, Peer, Reading, Traffic};
+use push::{Link, Push};
 use rate::Bucket;
 use timers::{Beat, Timers};
 
@@ -127,6 +129,8 @@ pub struct Relay<S> {
     inspect: [Option<Inspect>; 2],
     /// Boxed: most connections have no rate limit.
     bucket: Option<Box<Bucket>>,
+    /// Pushes from the cluster; boxed, and only on cluster-enabled gateways.
+    link: Option<Box<Link>>,
     timers: Timers,
     cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     cancel_seen: bool,
@@ -160,6 +164,7 @@ impl<S: RelayIo> Relay<S> {
                 Peer::new(backend, Side::Backend, backend_pre, now),
             ],
             bucket: Bucket::new(&policy.rate, now).map(Box::new),
+            link: None,
             policy,
             metrics,
             deflate: session.deflate,
@@ -173,6 +178,12 @@ impl<S: RelayIo> Relay<S> {
             trust_short_reads: tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread),
         }
+    }
+
+    /// Lets the cluster push frames and closes to this connection.
+    pub fn with_link(mut self, link: Link) -> Self {
+        self.link = Some(Box::new(link));
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -219,7 +230,8 @@ impl<S: RelayIo> Relay<S> {
             }
             let mut progress = false;
             let fin_needed = self.discarding;
-            progress |= self.peer(Side::Client).flush(cx, now, fin_needed);
+            let reason = self.link.as_ref().and_then(|l| l.close_reason.as_deref());
+            progress |= self.peers[Side::Client as usize].flush(cx, now, fin_needed, reason);
             if let Some((_, pong)) = self.policy.app_ping.as_ref() {
                 let [client, backend] = &mut self.peers;
                 // app_pong is a data frame: never between another message's fragments.
@@ -227,7 +239,10 @@ impl<S: RelayIo> Relay<S> {
                     progress |= client.flush_app_pong(cx, pong, now);
                 }
             }
-            progress |= self.peer(Side::Backend).flush(cx, now, fin_needed);
+            progress |= self.peer(Side::Backend).flush(cx, now, fin_needed, None);
+            if self.link.is_some() {
+                progress |= self.deliver_pushes(cx, now);
+            }
             progress |= self.pump(cx, Side::Client, now);
             progress |= self.pump(cx, Side::Backend, now);
             progress |= self.on_failed_writes(now);
@@ -243,6 +258,57 @@ impl<S: RelayIo> Relay<S> {
         // Busy in both directions: let other connections on this worker run.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Writes pushed frames toward the client at message boundaries, and
+    /// acts on a close by command. Frames that arrive once the client's
+    /// close has begun are dropped.
+    fn deliver_pushes(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        // A close by command only counts if nothing else ended the
+        // connection first (its reason must not replace another's).
+        let undecided = self.ending.is_none();
+        let Some(link) = self.link.as_deref_mut() else {
+            return false;
+        };
+        let [client, backend] = &mut self.peers;
+        let mut progress = false;
+        let mut close = None;
+        loop {
+            let frame = match link.pending.take() {
+                Some(f) => f,
+                None => match link.rx.poll_pop(cx) {
+                    Poll::Ready(Push::Frame(f)) => f,
+                    Poll::Ready(Push::Close { code, reason }) if undecided => {
+                        link.close_reason = Some(reason);
+                        close = Some(code);
+                        break;
+                    }
+                    Poll::Ready(Push::Close { .. }) => continue,
+                    Poll::Pending => break,
+                },
+            };
+            if client.close != CloseState::Open {
+                continue;
+            }
+            // A frame of our own only between whole messages toward the
+            // client; woken again by the socket that completes them.
+            if client.mid_frame || client.spill_pending() || backend.inbound.mid_message() {
+                link.pending = Some(frame);
+                if undecided && let Some((code, reason)) = link.rx.take_close() {
+                    link.pending = None;
+                    link.close_reason = Some(reason);
+                    close = Some(code);
+                }
+                break;
+            }
+            client.write_or_spill(cx, &frame, now);
+            progress = true;
+        }
+        if let Some(code) = close {
+            self.end(Ending::Disconnected { code }, now);
+            progress = true;
+        }
+        progress
     }
 
     /// Reads once from one side and forwards what it may to the other.

@@ -176,7 +176,15 @@ impl<S: RelayIo> Peer<S> {
     /// Moves spilled bytes, then the gateway's own frames when the stream is
     /// at a frame boundary, then ends the TCP side after a close frame.
     /// `fin_needed`: the gateway itself is ending the connection.
-    pub fn flush(&mut self, cx: &mut Context<'_>, now: Instant, fin_needed: bool) -> bool {
+    /// `own_reason`: a close reason that is not static (a close by cluster
+    /// command), used instead of the one in [`CloseState::Due`].
+    pub fn flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: Instant,
+        fin_needed: bool,
+        own_reason: Option<&str>,
+    ) -> bool {
         let mut progress = false;
         if matches!(self.close, CloseState::Gone | CloseState::Shut) {
             return false;
@@ -207,7 +215,7 @@ impl<S: RelayIo> Peer<S> {
             return self.finish_close(cx, fin_needed) || progress;
         }
         if let CloseState::Due { code, reason } = self.close {
-            let f = ControlFrame::close(code, reason, self.mask());
+            let f = ControlFrame::close(code, own_reason.unwrap_or(reason), self.mask());
             self.close = CloseState::Sent;
             self.write_or_spill(cx, f.as_bytes(), now);
             return true;

@@ -19,12 +19,13 @@ pub mod routes;
 pub mod snapshot;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::resume::Registry;
 use caps::Caps;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub reload_lock: Mutex<()>,
     /// Live resumable sessions, by credential (shared by every shard).
     pub resume: Arc<Registry>,
+    /// The cluster (`[cluster]` on), set once at start.
+    pub cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -63,6 +66,7 @@ impl Shared {
             accepted: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             resume: Arc::default(),
+            cluster: OnceLock::new(),
         }
     }
 

@@ -41,6 +41,10 @@ struct Args {
     /// listen(2) backlog.
     #[arg(long, default_value_t = 4096)]
     backlog: u32,
+    /// Answer every upgrade with `Wsgate-Topics: <this>` (wsgate's cluster
+    /// subscribes the connection to these topics), e.g. "bench".
+    #[arg(long, default_value = "")]
+    topics: String,
 }
 
 fn main() -> io::Result<()> {
@@ -56,19 +60,20 @@ fn main() -> io::Result<()> {
             sock.bind(*addr)?;
             let listener = sock.listen(args.backlog)?;
             eprintln!("wsgate-bench-echo listening on ws://{addr}");
-            tokio::spawn(accept_loop(listener));
+            tokio::spawn(accept_loop(listener, args.topics.clone().into()));
         }
         tokio::signal::ctrl_c().await?;
         Ok(())
     })
 }
 
-async fn accept_loop(listener: TcpListener) {
+async fn accept_loop(listener: TcpListener, topics: std::sync::Arc<str>) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
+                let topics = topics.clone();
                 tokio::spawn(async move {
-                    let _ = serve(s).await;
+                    let _ = serve(s, &topics).await;
                 });
             }
             Err(e) => {
@@ -116,7 +121,7 @@ async fn serve_http(mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
     }
 }
 
-async fn serve(mut s: TcpStream) -> io::Result<()> {
+async fn serve(mut s: TcpStream, topics: &str) -> io::Result<()> {
     s.set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF_INITIAL);
     // Opening handshake.
@@ -139,9 +144,14 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
         }
         _ => "",
     };
+    let topics = if topics.is_empty() {
+        String::new()
+    } else {
+        format!("Wsgate-Topics: {topics}\r\n")
+    };
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n{ext}\r\n",
+         Sec-WebSocket-Accept: {}\r\n{ext}{topics}\r\n",
         accept_key(key)
     );
     s.write_all(resp.as_bytes()).await?;
