@@ -14,12 +14,16 @@
 //!
 //! Rooms: `serve` (the TCP connection up to its requests), `handshake`
 //! (RFC 6455 request checks), `headers` (the upgrade's headers both ways),
-//! `reject` (refusal -> status), `task` (the upgraded connection).
+//! `extensions` (permessage-deflate negotiation), `resumable` (the phases
+//! of a resumable session), `http` (plain HTTP), `reject` (refusal ->
+//! status), `task` (the upgraded connection).
 
+pub mod extensions;
 pub mod handshake;
 pub mod headers;
 pub mod http;
 pub mod reject;
+pub mod resumable;
 pub mod serve;
 pub mod task;
 
@@ -43,7 +47,6 @@ use crate::backend::Backend;
 use crate::backend::dial::{self, Dialed, Upgraded};
 use crate::cluster::registry;
 use crate::config::Serve;
-use crate::metrics::ResumeResult;
 use crate::metrics::{ConnResult, Metrics};
 use crate::relay::ending::{Ending, Refusal, Toward};
 use crate::relay::{Relay, Session};
@@ -51,12 +54,11 @@ use crate::request;
 use crate::resume::registry::Owner;
 use crate::resume::session::Attach;
 use crate::resume::wire::HelloState;
-use crate::resume::{self, Lookup, SessionStart};
+use crate::resume::{self, SessionStart};
 use crate::side::Side;
 use crate::state::caps::Place;
 use crate::state::{Shared, Snapshot};
 use crate::tls::Stream;
-use crate::ws::close::code;
 use crate::ws::frame::ControlFrame;
 pub use reject::Reject;
 use task::Connection;
@@ -124,7 +126,7 @@ async fn upgrade(
     started: Instant,
 ) -> Result<Response<Full<Bytes>>, Reject> {
     let admitted = admit(req, ctx, snap).await?;
-    let offer = resume_offer(req, snap);
+    let offer = resumable::offer(req, snap);
     if admitted.refuse_with_close.is_some() || admitted.token_in_first_message {
         // The gateway answers the upgrade itself; no subprotocol or
         // extension is agreed, since no backend has answered.
@@ -137,9 +139,9 @@ async fn upgrade(
         return Ok(respond_101(req, ctx, snap, None, None, next, started));
     }
     if let Some(offer) = offer
-        && resume_granted(snap, &admitted)
+        && resumable::granted(snap, &admitted)
     {
-        return resumable(req, ctx, snap, admitted, offer, started).await;
+        return resumable::start(req, ctx, snap, admitted, offer, started).await;
     }
     let (backend, up) = match connect_before_101(req, ctx, snap, &admitted, started).await? {
         Ok(upgraded) => upgraded,
@@ -154,126 +156,6 @@ async fn upgrade(
     Ok(respond_101(
         req, ctx, snap, protocol, extensions, next, started,
     ))
-}
-
-/// With `[resume] enabled`, a client's resume offer is taken out of the
-/// request (it never reaches a backend, and may hold a credential) and
-/// returned if there was one.
-fn resume_offer<B>(req: &mut Request<B>, snap: &Snapshot) -> Option<resume::Offer> {
-    if !snap.config.resume.enabled {
-        return None;
-    }
-    let offer = resume::Offer::parse(
-        req.headers()
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    if !offer.wanted && offer.resume.is_none() {
-        return None;
-    }
-    let h = req.headers_mut();
-    h.remove(header::SEC_WEBSOCKET_PROTOCOL);
-    if !offer.rest.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&offer.rest.join(", "))
-    {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-    }
-    Some(offer)
-}
-
-/// Resume is granted unless a feature only the relay enforces is on (the
-/// client then gets a plain link: no hello). `app_ping` does not stand in
-/// the way: wsgate clients use the `\0ping` control message on a
-/// resumable link instead.
-fn resume_granted(snap: &Snapshot, admitted: &Admitted) -> bool {
-    let p = &snap.policy;
-    let r = &p.rate;
-    admitted.refuse_with_close.is_none()
-        && !admitted.token_in_first_message
-        && !p.validate_json
-        && r.messages_per_sec == 0
-        && r.bytes_per_sec == 0
-}
-
-/// Who a session belongs to: a resume must come from the same.
-fn owner(admitted: &Admitted) -> Owner {
-    let mut identity = String::new();
-    for (name, value) in &admitted.extra_headers {
-        identity.push_str(name.as_str());
-        identity.push('=');
-        identity.push_str(&String::from_utf8_lossy(value.as_bytes()));
-        identity.push('\n');
-    }
-    Owner {
-        client_id: admitted.client_id.as_str().into(),
-        identity: identity.into(),
-    }
-}
-
-/// A client that asked for a resumable session: reattach it to its live
-/// session (no dial), or start a new session (dial as usual), telling it
-/// in the hello whether the state it asked for was lost.
-async fn resumable(
-    req: &mut Request<Incoming>,
-    ctx: &ConnCtx,
-    snap: &Arc<Snapshot>,
-    admitted: Admitted,
-    offer: resume::Offer,
-    started: Instant,
-) -> Result<Response<Full<Bytes>>, Reject> {
-    let owner = owner(&admitted);
-    let mut state = HelloState::New;
-    if let Some((credential, received)) = offer.resume {
-        match ctx.shared.resume.peek(&credential, &owner) {
-            Lookup::Live(live) => {
-                let next = Next::Resume {
-                    credential,
-                    received,
-                    owner,
-                };
-                return Ok(respond_101(
-                    req,
-                    ctx,
-                    snap,
-                    live.protocol,
-                    None,
-                    next,
-                    started,
-                ));
-            }
-            Lookup::Lost(why) => {
-                // Expired and overflowed sessions were counted when they
-                // ended; a bad credential is counted now.
-                if matches!(why, ResumeResult::Unknown | ResumeResult::Refused) {
-                    ctx.shared.metrics.resume(why);
-                }
-                state = HelloState::Lost(why.label());
-            }
-        }
-    }
-    // Messages are counted one by one on a resumable link: no compression.
-    req.headers_mut().remove(header::SEC_WEBSOCKET_EXTENSIONS);
-    let (backend, up) = match connect_before_101(req, ctx, snap, &admitted, started).await? {
-        Ok(upgraded) => upgraded,
-        Err(backend_answer) => return Ok(backend_answer),
-    };
-    // The client offered `wsgate.resume.v1`: if the backend chose no
-    // subprotocol, that one is the answer (a client that offers
-    // subprotocols may fail a 101 that names none, as tungstenite does).
-    let protocol = up
-        .protocol
-        .clone()
-        .or(Some(HeaderValue::from_static(resume::SUBPROTOCOL)));
-    let next = Next::Session {
-        admitted,
-        backend,
-        up,
-        owner,
-        state,
-        protocol: protocol.clone(),
-    };
-    Ok(respond_101(req, ctx, snap, protocol, None, next, started))
 }
 
 /// Phase 1: the request is a valid upgrade, under the caps, from an allowed
@@ -316,7 +198,7 @@ async fn connect<B>(
     let mut connected = dial(req, ctx, snap, admitted, &candidates).await?;
     if let Connected::Upgraded(_, up) = &mut connected {
         let mode = snap.config.limits.permessage_deflate;
-        up.extensions = headers::answer_deflate(up.extensions.take(), mode);
+        up.extensions = extensions::answer_deflate(up.extensions.take(), mode);
     }
     Ok(connected)
 }
@@ -366,7 +248,7 @@ async fn dial<B>(
             admitted,
         );
         let mut h = h;
-        headers::offer_deflate(&mut h, snap.config.limits.permessage_deflate);
+        extensions::offer_deflate(&mut h, snap.config.limits.permessage_deflate);
         let timeout = snap.config.routing.connect_timeout.get();
         match dial::dial(backend, &path, h, timeout).await {
             Ok(Dialed::Upgraded(u)) => return Ok(Connected::Upgraded(backend.clone(), u)),
@@ -529,49 +411,12 @@ fn respond_101(
                 received,
                 owner,
             } => {
-                reattach(&ctx, credential, received, owner, client, parts.read_buf).await;
+                resumable::reattach(&ctx, credential, received, owner, client, parts.read_buf)
+                    .await;
             }
         }
     });
     resp
-}
-
-/// Hands a reconnect's socket to its session. The credential is spent
-/// here, under the registry's lock: of two reconnects with one credential
-/// only one gets the session. The other (a replay, or a race with the
-/// session's end) gets 1012, and its next attempt learns the session is
-/// lost.
-async fn reattach(
-    ctx: &ConnCtx,
-    credential: String,
-    received: u64,
-    owner: Owner,
-    mut client: Stream,
-    pre: Bytes,
-) {
-    let attach = Attach {
-        client,
-        pre,
-        received,
-        state: HelloState::Resumed,
-        peer: ctx.peer,
-        place: ctx.place.clone(),
-    };
-    let refused = match ctx.shared.resume.take(&credential, &owner) {
-        Some(live) => match live.attach.send(attach) {
-            Ok(()) => return,
-            Err(e) => e.0,
-        },
-        None => attach,
-    };
-    ctx.shared.metrics.resume(ResumeResult::Unknown);
-    client = refused.client;
-    let f = ControlFrame::close(code::SERVICE_RESTART, "session lost; reconnect", None);
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        client.write_all(f.as_bytes()).await?;
-        client.shutdown().await
-    })
-    .await;
 }
 
 /// After a 101 the gateway sent itself: the refusal, or the first-message
@@ -652,7 +497,7 @@ fn start_relay(
     started: Instant,
 ) {
     let metrics = ctx.shared.metrics.clone();
-    let (deflate, inspect) = headers::deflate_session(
+    let (deflate, inspect) = extensions::deflate_session(
         up.extensions.as_ref(),
         snap.config.limits.permessage_deflate,
     );

@@ -88,10 +88,31 @@ async fn accept_loop(listener: TcpListener, topics: std::sync::Arc<str>) {
 /// The 64 KiB body of `GET /64k`.
 static BODY_64K: [u8; 65536] = [b'x'; 65536];
 
-/// Plain HTTP/1.1 with keep-alive: each request head (bodies are not expected) gets
-/// its answer, until the client closes or asks for `Connection: close`.
-async fn serve_http(mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
-    loop {
+/// Answers one plain HTTP/1.1 request head (bodies are not expected) with
+/// keep-alive. Returns whether the client asked for `Connection: close`.
+async fn answer_http(s: &mut TcpStream, head: &str) -> io::Result<bool> {
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let body: &[u8] = if path == "/64k" { &BODY_64K } else { b"ok\n" };
+    let close = header_value(head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    let mut out = Vec::with_capacity(resp.len() + body.len());
+    out.extend_from_slice(resp.as_bytes());
+    out.extend_from_slice(body);
+    s.write_all(&out).await?;
+    Ok(close)
+}
+
+async fn serve(mut s: TcpStream, topics: &str) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF_INITIAL);
+    // Plain HTTP requests on a keep-alive connection until one is an
+    // upgrade: a proxy with an upstream keep-alive pool (nginx `keepalive`)
+    // sends an upgrade on a connection that served plain requests before.
+    let (end, head, key) = loop {
         let end = loop {
             if let Some(e) = head_end(&buf) {
                 break e;
@@ -101,41 +122,14 @@ async fn serve_http(mut s: TcpStream, mut buf: Vec<u8>) -> io::Result<()> {
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        if let Some(key) = header_value(&head, "sec-websocket-key") {
+            let key = key.to_string();
+            break (end, head, key);
+        }
         buf.drain(..end);
-        let path = head.split_whitespace().nth(1).unwrap_or("/");
-        let body: &[u8] = if path == "/64k" { &BODY_64K } else { b"ok\n" };
-        let close =
-            header_value(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
-            body.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        let mut out = Vec::with_capacity(resp.len() + body.len());
-        out.extend_from_slice(resp.as_bytes());
-        out.extend_from_slice(body);
-        s.write_all(&out).await?;
-        if close {
+        if answer_http(&mut s, &head).await? {
             return Ok(());
         }
-    }
-}
-
-async fn serve(mut s: TcpStream, topics: &str) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF_INITIAL);
-    // Opening handshake.
-    let end = loop {
-        if let Some(e) = head_end(&buf) {
-            break e;
-        }
-        if buf.len() > MAX_HEAD_BYTES || read_more(&mut s, &mut buf).await? == 0 {
-            return Ok(());
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let Some(key) = header_value(&head, "sec-websocket-key") else {
-        return serve_http(s, buf).await;
     };
     let ext = match header_value(&head, "sec-websocket-extensions") {
         Some(v) if v.contains("permessage-deflate") => {
@@ -152,7 +146,7 @@ async fn serve(mut s: TcpStream, topics: &str) -> io::Result<()> {
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\n{ext}{topics}\r\n",
-        accept_key(key)
+        accept_key(&key)
     );
     s.write_all(resp.as_bytes()).await?;
     buf.drain(..end);
