@@ -24,6 +24,9 @@ pub use origin::OriginPolicy;
 pub struct Admitted {
     /// Routing client ID from a token claim; empty = use `[routing]` sources.
     pub client_id: String,
+    /// No claim and no `[routing]` source gave an ID: `client_id` is the
+    /// peer's address (an affinity cookie may then choose the backend).
+    pub id_from_peer: bool,
     /// Query parameter to remove before forwarding (`strip_token`).
     pub strip_query: Option<String>,
     /// Headers to set on the upstream request (from forward auth).

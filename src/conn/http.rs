@@ -201,11 +201,10 @@ async fn forward(
     }
     let routing = &snap.config.routing;
     let explicit = request::find_value(&req, &routing.client_id).map(|(_, v)| v);
-    let client_id = explicit
-        .clone()
-        .unwrap_or_else(|| ctx.peer.ip().to_string());
+    let id_from_peer = explicit.is_none();
+    let client_id = explicit.unwrap_or_else(|| ctx.peer.ip().to_string());
     let mut candidates = pick(snap, route.pool, &client_id)?;
-    let cookie = if explicit.is_none() {
+    let cookie = if id_from_peer {
         prefer_cookie(snap, route.pool, req.headers(), &mut candidates)
     } else {
         None
@@ -237,7 +236,7 @@ async fn forward(
         };
         match tokio::time::timeout(timeout, backend.http_client().request(up)).await {
             Ok(Ok(mut resp)) => {
-                if explicit.is_none() {
+                if id_from_peer {
                     set_affinity(snap, backend, cookie, ctx.tls, resp.headers_mut());
                 }
                 return Ok((resp, backend.clone()));
@@ -286,10 +285,7 @@ pub(super) fn prefer_cookie(
 ) -> Option<usize> {
     let i = snap.affinity.backend_of(h)?;
     let b = snap.backends.get(i)?;
-    if snap.routes.pools[pool].members.contains(&i)
-        && b.routable(&snap.config.health)
-        && !b.is_draining()
-    {
+    if snap.routes.pools[pool].members.contains(&i) && b.routable(&snap.config.health) {
         let max = candidates.len();
         candidates.retain(|c| !Arc::ptr_eq(c, b));
         candidates.insert(0, b.clone());

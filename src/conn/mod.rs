@@ -175,7 +175,13 @@ async fn admit<B>(req: &Request<B>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Ad
 /// the peer's address.
 fn fill_client_id<B>(admitted: &mut Admitted, req: &Request<B>, ctx: &ConnCtx, snap: &Snapshot) {
     if admitted.client_id.is_empty() {
-        admitted.client_id = request::client_id(req, &snap.config.routing.client_id, ctx.peer.ip());
+        match request::find_value(req, &snap.config.routing.client_id) {
+            Some((_, id)) => admitted.client_id = id,
+            None => {
+                admitted.client_id = ctx.peer.ip().to_string();
+                admitted.id_from_peer = true;
+            }
+        }
     }
 }
 
@@ -190,7 +196,7 @@ async fn connect<B>(
         .filter(|r| r.serve != Serve::Http)
         .ok_or(Reject::NoRoute)?;
     let mut candidates = pick(snap, route.pool, &admitted.client_id)?;
-    if admitted.client_id == ctx.peer.ip().to_string() {
+    if admitted.id_from_peer {
         // No client ID: the affinity cookie (from the client's HTTP
         // requests) keeps the upgrade on the same backend.
         http::prefer_cookie(snap, route.pool, req.headers(), &mut candidates);
