@@ -3,7 +3,8 @@
 //! - `health`: the rise/fall state per check and what routing concludes;
 //! - `checks`: the active HTTP and WebSocket checks that feed it;
 //! - `dial`: TCP, TLS for wss://, and the upgrade;
-//! - `http1`: the one hyper client exchange (dial, checks, forward auth);
+//! - `upgrade`: the upgrade's request and answer on the wire (dial);
+//! - `http1`: the one hyper client exchange (checks, forward auth);
 //! - `pool`: the keep-alive client for plain HTTP requests.
 //!
 //! A `Backend` outlives config reloads that keep it (same name and
@@ -17,6 +18,7 @@ pub mod dial;
 pub mod health;
 pub mod http1;
 pub mod pool;
+pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
