@@ -428,18 +428,9 @@ async fn reload_changes_a_pools_limit_for_new_connections_only() {
 fn check(text: &str, tag: &str) -> (i32, String) {
     let path = std::env::temp_dir().join(format!("wsgate-pools-{tag}-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run wsgate check");
+    let out = common::binary::check(&path);
     let _ = std::fs::remove_file(&path);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    out
 }
 
 /// The 1-based line of the first line of `text` that is `line`.
