@@ -173,14 +173,22 @@ impl Snapshot {
             )),
             None => None,
         };
+        let auth = Auth::new(&config.auth)?;
+        let admin_token = admin_token(&config.admin)?;
+        // Nothing can fail any more: a kept backend's plain HTTP client
+        // takes its pool's connect_timeout of this config now (a refused
+        // reload must leave it as it was).
+        for (b, &p) in backends.iter().zip(&routes.pool_of) {
+            b.set_connect_timeout(routes.pools[p].settings.routing.connect_timeout.get());
+        }
         Ok(Snapshot {
             origins: OriginPolicy::new(
                 &config.server.allowed_origins,
                 config.server.require_origin,
             ),
-            auth: Auth::new(&config.auth)?,
+            auth,
             affinity: Affinity::new(&config),
-            admin_token: admin_token(&config.admin)?,
+            admin_token,
             routes,
             tls,
             backends,
