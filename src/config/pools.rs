@@ -248,10 +248,6 @@ mod tests {
         [[routes]]\npath = \"/api\"\npool = \"api\"\n\
         [limits]\nmax_message_bytes = 1000\nmessages_per_sec = 10\nburst = 20\n";
 
-    fn refused(extra: &str) -> ConfigError {
-        Config::parse(&format!("{BASE}{extra}")).expect_err(extra)
-    }
-
     #[test]
     fn a_pool_key_overrides_one_key_and_inherits_the_rest() {
         let c = Config::parse(&format!(
@@ -275,51 +271,73 @@ mod tests {
 
     #[test]
     fn errors_name_the_pool_key_and_its_line() {
-        let at = |e: ConfigError| (e.key.unwrap_or_default(), e.line);
         // BASE has 16 lines; the extra starts on line 17.
-        let e = refused("[pools.nope.limits]\nmax_message_bytes = 5\n");
-        assert!(e.message.contains("no [[backends]]"), "{e}");
-        assert_eq!(at(e), ("pools.nope".into(), Some(17)));
-        let e = refused("[pools.api.server]\nmax_connections = 5\n");
-        assert!(e.message.starts_with("not a per-pool key"), "{e}");
-        assert_eq!(at(e), ("pools.api.server.max_connections".into(), Some(18)));
-        let e = refused("[pools.api.routing]\nvnodes = 1\naffinity_cookie = \"x\"\n");
-        assert!(e.message.starts_with("not a per-pool key"), "{e}");
-        assert_eq!(
-            at(e),
-            ("pools.api.routing.affinity_cookie".into(), Some(19))
-        );
-        let e = refused("[pools.api.auth]\nmode = \"jwt\"\n");
-        assert!(e.message.starts_with("not a per-pool key"), "{e}");
-        assert_eq!(at(e), ("pools.api.auth".into(), Some(17)));
-        // A bad value: the top-level section's own rule and message.
-        let e = refused("[pools.api.routing]\nload_factor = 0.5\n");
-        assert!(e.message.contains("greater than 1"), "{e}");
-        assert_eq!(at(e), ("pools.api.routing.load_factor".into(), Some(18)));
-        // A type error names its key.
-        let e = refused("[pools.api.health]\ninterval = \"soon\"\n");
-        assert_eq!(at(e), ("pools.api.health.interval".into(), Some(18)));
-        let e = refused("[pools.api.limits]\nmax_mesage_bytes = 5\n");
-        assert!(e.message.contains("unknown field"), "{e}");
-        assert_eq!(
-            at(e),
-            ("pools.api.limits.max_mesage_bytes".into(), Some(18))
-        );
-        // A rule across keys, one of them inherited from [limits].
-        let e = refused("[pools.api.limits]\nmessages_per_sec = 0\n");
-        assert_eq!(at(e), ("pools.api.limits.burst".into(), Some(17)));
-    }
-
-    #[test]
-    fn a_pool_that_sets_passthrough_warns_under_its_own_key() {
+        let cases = [
+            (
+                "[pools.nope.limits]\nmax_message_bytes = 5\n",
+                "pools.nope",
+                17,
+                "no [[backends]]",
+            ),
+            (
+                "[pools.api.server]\nmax_connections = 5\n",
+                "pools.api.server.max_connections",
+                18,
+                "not a per-pool key",
+            ),
+            (
+                "[pools.api.routing]\nvnodes = 1\naffinity_cookie = \"x\"\n",
+                "pools.api.routing.affinity_cookie",
+                19,
+                "not a per-pool key",
+            ),
+            (
+                "[pools.api.auth]\nmode = \"jwt\"\n",
+                "pools.api.auth",
+                17,
+                "not a per-pool key",
+            ),
+            // A bad value: the top-level section's own rule and message.
+            (
+                "[pools.api.routing]\nload_factor = 0.5\n",
+                "pools.api.routing.load_factor",
+                18,
+                "greater than 1",
+            ),
+            // A type error, or a typo, names its key.
+            (
+                "[pools.api.health]\ninterval = \"soon\"\n",
+                "pools.api.health.interval",
+                18,
+                "does not start with a number",
+            ),
+            (
+                "[pools.api.limits]\nmax_mesage_bytes = 5\n",
+                "pools.api.limits.max_mesage_bytes",
+                18,
+                "unknown field",
+            ),
+            // A rule across keys, `burst` inherited from [limits]: the pool's section.
+            (
+                "[pools.api.limits]\nmessages_per_sec = 0\n",
+                "pools.api.limits.burst",
+                17,
+                "needs messages_per_sec",
+            ),
+        ];
+        for (extra, key, line, says) in cases {
+            let e = Config::parse(&format!("{BASE}{extra}")).expect_err(extra);
+            assert_eq!((e.key.as_deref(), e.line), (Some(key), Some(line)), "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+        // A pool that sets passthrough itself warns under its own key.
         let c = Config::parse(&format!(
             "{BASE}[pools.api.limits]\npermessage_deflate = \"passthrough\"\n"
         ))
         .unwrap();
         let w = c.warnings();
-        assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].contains("pools.api.limits.permessage_deflate"),
+            w.len() == 1 && w[0].contains("pools.api.limits.permessage_deflate"),
             "{w:?}"
         );
     }
