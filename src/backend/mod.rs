@@ -43,8 +43,7 @@ pub struct Backend {
     /// Plain HTTP requests, over pooled keep-alive connections: one pool
     /// per shard thread, so a request and the backend connection it uses
     /// run on the same runtime (no cross-thread wake-ups per request).
-    http: Mutex<Vec<(ThreadId, pool::HttpClient)>>,
-    connect_timeout: Duration,
+    http: Mutex<HttpClients>,
     /// `host:port` of the URL, for plain HTTP request URIs (the pool's key),
     /// parsed once.
     pub http_authority: Option<hyper::http::uri::Authority>,
@@ -71,8 +70,10 @@ impl Backend {
             None
         };
         Ok(Backend {
-            http: Mutex::new(Vec::new()),
-            connect_timeout,
+            http: Mutex::new(HttpClients {
+                connect_timeout,
+                clients: Vec::new(),
+            }),
             http_authority: config.url.authority().parse().ok(),
             name: config.name.clone(),
             url: config.url.clone(),
@@ -101,13 +102,24 @@ impl Backend {
     /// first use; a handful of shard threads, so a short list).
     pub fn http_client(&self) -> pool::HttpClient {
         let me = std::thread::current().id();
-        let mut clients = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == me) {
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = http.clients.iter().find(|(t, _)| *t == me) {
             return c.clone();
         }
-        let c = pool::client(&self.url, self.tls.as_ref(), self.connect_timeout);
-        clients.push((me, c.clone()));
+        let c = pool::client(&self.url, self.tls.as_ref(), http.connect_timeout);
+        http.clients.push((me, c.clone()));
         c
+    }
+
+    /// A reload kept this backend with this connect timeout (its pool's):
+    /// when it changed, the clients are built anew with it (requests under
+    /// way keep theirs; idle connections of the old ones close).
+    pub fn set_connect_timeout(&self, t: Duration) {
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if http.connect_timeout != t {
+            http.connect_timeout = t;
+            http.clients.clear();
+        }
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -141,6 +153,13 @@ impl Backend {
             gauge,
         }
     }
+}
+
+/// A backend's plain HTTP clients, one per shard thread, and the connect
+/// timeout they were built with.
+struct HttpClients {
+    connect_timeout: Duration,
+    clients: Vec<(ThreadId, pool::HttpClient)>,
 }
 
 /// One connection's place in its backend's counts; released on drop, so a

@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::Admitted;
+use crate::config::HostHeader;
 use crate::request;
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2), computed by
@@ -37,6 +38,20 @@ pub fn upstream_path<B>(req: &Request<B>, admitted: &Admitted) -> String {
         }
         (Some(q), None) => format!("{path}?{q}"),
         (None, _) => path.to_string(),
+    }
+}
+
+/// The `Host` an upgrade carries to the backend (`[routing]
+/// host_header`): the backend URL's `host:port` (`backend`), or the
+/// client's own (`client`; the backend's when the client's is not text).
+pub fn upstream_host<'a, B>(req: &'a Request<B>, backend: &'a str, mode: HostHeader) -> &'a str {
+    match mode {
+        HostHeader::Client => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(backend),
+        HostHeader::Auto | HostHeader::Backend => backend,
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::backend::pool::{BodySlot, UpstreamBody};
-use crate::config::Serve;
+use crate::config::{HostHeader, Serve};
 use crate::conn::headers;
 use crate::conn::reject::Reject;
 use crate::conn::{ConnCtx, pick};
@@ -191,7 +191,8 @@ async fn forward(
         // A reverse proxy is not a forward proxy.
         return Err(HttpError::Method);
     }
-    let limit = snap.config.server.max_request_body_bytes;
+    let pool = snap.pool(route.pool);
+    let limit = pool.settings.max_request_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -199,7 +200,7 @@ async fn forward(
     if limit > 0 && declared.is_some_and(|n| n > limit) {
         return Err(HttpError::TooLarge);
     }
-    let routing = &snap.config.routing;
+    let routing = &pool.settings.routing;
     let explicit = request::find_value(&req, &routing.client_id).map(|(_, v)| v);
     let id_from_peer = explicit.is_none();
     let client_id = explicit.unwrap_or_else(|| ctx.peer.ip().to_string());
@@ -222,8 +223,9 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
-        if !head.contains_key(header::HOST) {
-            // An HTTP/1.0 client may send none; HTTP/1.1 backends need one.
+        if routing.host_header == HostHeader::Backend || !head.contains_key(header::HOST) {
+            // `host_header = "backend"`; or an HTTP/1.0 client sent none
+            // (HTTP/1.1 backends need one).
             if let Ok(v) = HeaderValue::from_str(&backend.url.authority()) {
                 head.insert(header::HOST, v);
             }
@@ -244,7 +246,7 @@ async fn forward(
             Ok(Err(_)) if slot.over_limit() => return Err(HttpError::TooLarge),
             Ok(Err(e)) if e.is_connect() && slot.untouched() => {
                 tracing::warn!(backend = %backend.name, error = %e, "backend connect failed");
-                backend.passive_failure(&snap.config.health, &ctx.shared.metrics);
+                backend.passive_failure(&pool.settings.health, &ctx.shared.metrics);
                 last_error = format!("{}: {e}", backend.name);
             }
             Ok(Err(e)) => {
@@ -285,7 +287,8 @@ pub(super) fn prefer_cookie(
 ) -> Option<usize> {
     let i = snap.affinity.backend_of(h)?;
     let b = snap.backends.get(i)?;
-    if snap.routes.pools[pool].members.contains(&i) && b.routable(&snap.config.health) {
+    let pool = snap.pool(pool);
+    if pool.members.contains(&i) && b.routable(&pool.settings.health) {
         let max = candidates.len();
         candidates.retain(|c| !Arc::ptr_eq(c, b));
         candidates.insert(0, b.clone());

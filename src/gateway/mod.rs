@@ -103,8 +103,7 @@ impl Gateway {
         {
             let snap = shared.snapshot.load();
             checks::spawn(
-                &snap.backends,
-                &snap.config.health,
+                snap.health_checks(),
                 &shared.metrics,
                 &shared.health_token(),
             );
