@@ -22,8 +22,6 @@ pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::ThreadId;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -43,10 +41,7 @@ pub struct Backend {
     /// Plain HTTP requests, over pooled keep-alive connections: one pool
     /// per shard thread, so a request and the backend connection it uses
     /// run on the same runtime (no cross-thread wake-ups per request).
-    http: Mutex<HttpClients>,
-    /// `host:port` of the URL, for plain HTTP request URIs (the pool's key),
-    /// parsed once.
-    pub http_authority: Option<hyper::http::uri::Authority>,
+    http: pool::HttpPool,
     /// A short std mutex: updated by its health task and by passive
     /// failures, never held across `.await`.
     health: Mutex<Health>,
@@ -59,22 +54,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(
-        config: &BackendConfig,
-        connect_timeout: Duration,
-        root: &CancellationToken,
-    ) -> Result<Backend, TlsError> {
+    pub fn new(config: &BackendConfig, root: &CancellationToken) -> Result<Backend, TlsError> {
         let tls = if config.url.tls {
             Some(tls::client_config(config)?)
         } else {
             None
         };
         Ok(Backend {
-            http: Mutex::new(HttpClients {
-                connect_timeout,
-                clients: Vec::new(),
-            }),
-            http_authority: config.url.authority().parse().ok(),
+            http: pool::HttpPool::default(),
             name: config.name.clone(),
             url: config.url.clone(),
             tls_source: (config.ca.clone(), config.tls_insecure_skip_verify),
@@ -96,30 +83,6 @@ impl Backend {
 
     pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
         self.tls.as_ref()
-    }
-
-    /// This thread's keep-alive client for plain HTTP requests (built on
-    /// first use; a handful of shard threads, so a short list).
-    pub fn http_client(&self) -> pool::HttpClient {
-        let me = std::thread::current().id();
-        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = http.clients.iter().find(|(t, _)| *t == me) {
-            return c.clone();
-        }
-        let c = pool::client(&self.url, self.tls.as_ref(), http.connect_timeout);
-        http.clients.push((me, c.clone()));
-        c
-    }
-
-    /// A reload kept this backend with this connect timeout (its pool's):
-    /// when it changed, the clients are built anew with it (requests under
-    /// way keep theirs; idle connections of the old ones close).
-    pub fn set_connect_timeout(&self, t: Duration) {
-        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if http.connect_timeout != t {
-            http.connect_timeout = t;
-            http.clients.clear();
-        }
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {
@@ -153,13 +116,6 @@ impl Backend {
             gauge,
         }
     }
-}
-
-/// A backend's plain HTTP clients, one per shard thread, and the connect
-/// timeout they were built with.
-struct HttpClients {
-    connect_timeout: Duration,
-    clients: Vec<(ThreadId, pool::HttpClient)>,
 }
 
 /// One connection's place in its backend's counts; released on drop, so a

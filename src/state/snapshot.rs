@@ -141,10 +141,6 @@ impl Snapshot {
         let routes = Routes::new(&config);
         let mut backends = Vec::with_capacity(config.backends.len());
         for (index, bc) in config.backends.iter().enumerate() {
-            let connect_timeout = routes.pools[routes.pool_of[index]]
-                .settings
-                .routing
-                .connect_timeout;
             // A drained backend that is still (or again) configured comes back
             // fresh: its old token is cancelled for good.
             let kept = prev.and_then(|p| {
@@ -152,16 +148,17 @@ impl Snapshot {
                     .iter()
                     .find(|b| b.same_endpoint(bc) && !b.is_draining())
             });
-            let b = match kept {
-                Some(b) => b.clone(),
-                None => Arc::new(Backend::new(bc, connect_timeout.get(), root).map_err(
-                    |source| BuildError::BackendTls {
-                        index,
-                        name: bc.name.clone(),
-                        source: Box::new(source),
-                    },
-                )?),
-            };
+            let b =
+                match kept {
+                    Some(b) => b.clone(),
+                    None => Arc::new(Backend::new(bc, root).map_err(|source| {
+                        BuildError::BackendTls {
+                            index,
+                            name: bc.name.clone(),
+                            source: Box::new(source),
+                        }
+                    })?),
+                };
             backends.push(b);
         }
         let tls = match &config.server.tls {
@@ -175,12 +172,6 @@ impl Snapshot {
         };
         let auth = Auth::new(&config.auth)?;
         let admin_token = admin_token(&config.admin)?;
-        // Nothing can fail any more: a kept backend's plain HTTP client
-        // takes its pool's connect_timeout of this config now (a refused
-        // reload must leave it as it was).
-        for (b, &p) in backends.iter().zip(&routes.pool_of) {
-            b.set_connect_timeout(routes.pools[p].settings.routing.connect_timeout.get());
-        }
         Ok(Snapshot {
             origins: OriginPolicy::new(
                 &config.server.allowed_origins,
