@@ -9,6 +9,17 @@
 #   bench/compare.sh deflate [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
 #                    (permessage-deflate on both legs: nginx, HAProxy, wsgate "inspect"
 #                     and wsgate "passthrough"; 4 KiB JSON-like messages)
+#   bench/compare.sh tls [--quick] [--rounds N] [--duration SECS] [--idle-conns N]
+#                    (wss:// in front, TLS 1.3, one ECDSA P-256 certificate for all:
+#                     full handshakes/s, CPU per handshake, memory per idle connection)
+#   bench/compare.sh storm [--quick] [--rounds N] [--conns N] [--restart proxy|backends|both]
+#                    [--tls]  (reconnect storm: N clients, the proxy or the backends
+#                     restarted, every client reconnects at once with no backoff;
+#                     --tls: over wss://, as in tls mode)
+#   bench/compare.sh syscalls [--quick] [--rounds N] [--rate MSGS] [--window SECS] [--strace]
+#                    (syscalls per relayed 64 B message, by kind: at a fixed rate
+#                     and saturated)
+#   tls, storm and syscalls also take --targets (direct is left out), --no-build, --keep.
 #
 # Everything runs on loopback (127.0.0.0/8); every process this script starts is
 # stopped by PID on exit. Results: bench/RESULTS.md (sections replaced in place) and
@@ -21,11 +32,14 @@ cd "$ROOT"
 CMDLINE="bench/$(basename "$0") $*"
 
 MODE=compare
-if [[ ${1:-} == scale ]]; then MODE=scale; shift; fi
-if [[ ${1:-} == deflate ]]; then MODE=deflate; shift; fi
+case ${1:-} in
+  scale | deflate | tls | storm | syscalls) MODE=$1; shift ;;
+esac
 
+TLS=0   # 1: every proxy listens with TLS (tls mode, storm --tls); backends stay ws://
 QUICK=0 ROUNDS="" DURATION="" IDLE_CONNS="" TARGETS="" BUILD=1 KEEP=0 ONLY=
 SCALE_CONNS="" SCALE_HOLD="" CLIENT_INTERVAL=1s BACKEND_INTERVAL=30s
+STORM_RESTART=both SYS_RATE=10000 SYS_WINDOW="" SYS_TOOL=perf
 while [[ $# -gt 0 ]]; do
   case $1 in
     --quick) QUICK=1 ;;
@@ -40,7 +54,12 @@ while [[ $# -gt 0 ]]; do
     --hold) SCALE_HOLD=$2; shift ;;
     --client-interval) CLIENT_INTERVAL=$2; shift ;;
     --backend-interval) BACKEND_INTERVAL=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --restart) STORM_RESTART=$2; shift ;;
+    --rate) SYS_RATE=$2; shift ;;
+    --window) SYS_WINDOW=$2; shift ;;
+    --strace) SYS_TOOL=strace ;;
+    --tls) TLS=1 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -48,12 +67,13 @@ done
 
 if [[ $QUICK == 1 ]]; then
   : "${ROUNDS:=2}" "${DURATION:=2}" "${IDLE_CONNS:=2000}"
-  WARMUP=0.5 IDLE_HOLD=3
-  : "${SCALE_CONNS:=2000}" "${SCALE_HOLD:=20}"
+  WARMUP=0.5 IDLE_HOLD=3 STORM_TIMEOUT=60
+  : "${SCALE_CONNS:=2000}" "${SCALE_HOLD:=20}" "${SYS_WINDOW:=3}"
 else
+  [[ $MODE == storm || $MODE == syscalls ]] && : "${ROUNDS:=3}"
   : "${ROUNDS:=5}" "${DURATION:=10}" "${IDLE_CONNS:=9000}"
-  WARMUP=2 IDLE_HOLD=6
-  : "${SCALE_CONNS:=9000}" "${SCALE_HOLD:=60}"
+  WARMUP=2 IDLE_HOLD=6 STORM_TIMEOUT=120
+  : "${SCALE_CONNS:=9000}" "${SCALE_HOLD:=60}" "${SYS_WINDOW:=5}"
 fi
 : "${TARGETS:=direct nginx haproxy wsgate}"
 
@@ -111,14 +131,14 @@ wait_port() { # port [seconds [pid that must stay alive]]
   until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
     ((SECONDS < deadline)) || return 1
     [[ -z ${3:-} ]] || kill -0 "$3" 2>/dev/null || return 1
-    sleep 0.1
+    sleep 0.02
   done
 }
 
 start_echo() {
   local port
   for port in $ECHO1 $ECHO2; do
-    "$ECHO" --listen "127.0.0.1:$port" --workers $ECHO_WORKERS 2>"$WORK/echo-$port.log" &
+    "$ECHO" --listen "127.0.0.1:$port" --workers $ECHO_WORKERS 2>>"$WORK/echo-$port.log" &
     STARTED+=($!)
     ECHO_PIDS+=($!)
   done
@@ -153,7 +173,9 @@ http {
     keepalive 64;
   }
   server {
-    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    listen 127.0.0.1:$NGINX_PORT$([[ $TLS == 1 ]] && echo " ssl") backlog=4096;
+$([[ $TLS == 1 ]] && printf '    %s\n' "ssl_certificate $CERT;" "ssl_certificate_key $CERT_KEY;" \
+  "ssl_protocols TLSv1.3;" "ssl_session_tickets off;" "ssl_session_cache off;")
     location / {
       proxy_pass http://echo;
       proxy_http_version 1.1;
@@ -167,7 +189,7 @@ http {
   }
 }
 EOF
-  nginx -p "$d" -c "$d/nginx.conf" 2>"$d/logs/stderr.log" &
+  nginx -p "$d" -c "$d/nginx.conf" 2>>"$d/logs/stderr.log" &
   NGINX_PID=$!
   STARTED+=($NGINX_PID)
   wait_port $NGINX_PORT 15 $NGINX_PID || { log "nginx did not start:"; cat "$d/logs/"* >&2; return 1; }
@@ -182,6 +204,7 @@ global
   # 2 fds per proxied connection + a few: must stay under the 20000 hard fd limit.
   maxconn 9980
   tune.bufsize 16384
+$([[ $TLS == 1 ]] && echo "  tune.ssl.cachesize 0")
 defaults
   mode http
   maxconn 9980
@@ -191,7 +214,7 @@ defaults
   timeout tunnel 1h
   timeout http-request 10s
 frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
+  bind 127.0.0.1:$HAPROXY_PORT$([[ $TLS == 1 ]] && echo " ssl crt $CERT_BUNDLE ssl-min-ver TLSv1.3 no-tls-tickets")
   default_backend be
 backend be
   balance url_param client_id
@@ -199,7 +222,7 @@ backend be
   server b1 127.0.0.1:$ECHO1
   server b2 127.0.0.1:$ECHO2
 EOF
-  haproxy -db -f "$d/haproxy.cfg" >"$d/stdout.log" 2>"$d/stderr.log" &
+  haproxy -db -f "$d/haproxy.cfg" >>"$d/stdout.log" 2>>"$d/stderr.log" &
   HAPROXY_PID=$!
   STARTED+=($HAPROXY_PID)
   wait_port $HAPROXY_PORT 15 $HAPROXY_PID || { log "haproxy did not start:"; cat "$d/stderr.log" >&2; return 1; }
@@ -235,6 +258,9 @@ url = "ws://127.0.0.1:$ECHO1"
 name = "b2"
 url = "ws://127.0.0.1:$ECHO2"
 EOF
+  if [[ $TLS == 1 ]]; then
+    printf '\n[server.tls]\ncert = "%s"\nkey = "%s"\n' "$CERT" "$CERT_KEY" >>"$1"
+  fi
 }
 
 start_wsgate() { # client_interval backend_interval
@@ -243,7 +269,7 @@ start_wsgate() { # client_interval backend_interval
   [[ -x $WSGATE ]] || { log "no $WSGATE: wsgate skipped"; return 1; }
   write_wsgate_config "$d/wsgate.toml" "${1:-30s}" "${2:-30s}"
   WSGATE_WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} "$WSGATE" run -c "$d/wsgate.toml" \
-    >"$d/stdout.log" 2>"$d/stderr.log" &
+    >>"$d/stdout.log" 2>>"$d/stderr.log" &
   WSGATE_PID=$!
   STARTED+=($WSGATE_PID)
   wait_port $WSGATE_PORT 20 $WSGATE_PID || { log "wsgate did not start:"; tail -20 "$d/stderr.log" >&2; return 1; }
@@ -256,7 +282,7 @@ start_wsgate_passthrough() {
   [[ -x $WSGATE ]] || return 1
   write_wsgate_config "$d/wsgate.toml" 30s 30s $WSGATE_PT_PORT $WSGATE_PT_ADMIN passthrough
   WSGATE_WORKERS=$WORKERS RUST_LOG=${RUST_LOG:-warn} "$WSGATE" run -c "$d/wsgate.toml" \
-    >"$d/stdout.log" 2>"$d/stderr.log" &
+    >>"$d/stdout.log" 2>>"$d/stderr.log" &
   WSGATE_PT_PID=$!
   STARTED+=($WSGATE_PT_PID)
   wait_port $WSGATE_PT_PORT 20 $WSGATE_PT_PID || { log "wsgate (passthrough) did not start:"; tail -20 "$d/stderr.log" >&2; return 1; }
@@ -273,14 +299,25 @@ pids_of() {
   esac
 }
 
-urls_of() {
+port_of() {
   case $1 in
-    direct) echo "--url ws://127.0.0.1:$ECHO1/ --url ws://127.0.0.1:$ECHO2/" ;;
-    nginx) echo "--url ws://127.0.0.1:$NGINX_PORT/" ;;
-    haproxy) echo "--url ws://127.0.0.1:$HAPROXY_PORT/" ;;
-    wsgate) echo "--url ws://127.0.0.1:$WSGATE_PORT/" ;;
-    wsgate_passthrough) echo "--url ws://127.0.0.1:$WSGATE_PT_PORT/" ;;
+    nginx) echo $NGINX_PORT ;;
+    haproxy) echo $HAPROXY_PORT ;;
+    wsgate) echo $WSGATE_PORT ;;
+    wsgate_passthrough) echo $WSGATE_PT_PORT ;;
   esac
+}
+
+# Load generator arguments for a target: its URL(s), and the certificate under TLS
+# (the backends, hence "direct", stay ws://).
+urls_of() {
+  if [[ $1 == direct ]]; then
+    echo "--url ws://127.0.0.1:$ECHO1/ --url ws://127.0.0.1:$ECHO2/"
+  elif [[ $TLS == 1 ]]; then
+    echo "--url wss://127.0.0.1:$(port_of "$1")/ --ca $CA_CERT"
+  else
+    echo "--url ws://127.0.0.1:$(port_of "$1")/"
+  fi
 }
 
 pid_args() { local p; p=$(pids_of "$1" | xargs | tr ' ' ','); [[ -n $p ]] && echo "--pids $p"; true; }
@@ -416,6 +453,15 @@ run_ws_round() { # round
   done
 }
 
+# Waits (up to $3 s) until the load generator $2 has printed READY into file $1.
+wait_ready() { # out_file pid seconds
+  local deadline=$((SECONDS + $3))
+  until grep -q '^READY' "$1" 2>/dev/null; do
+    if ! kill -0 "$2" 2>/dev/null || ((SECONDS > deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
 tcp_inuse() { awk '$1=="TCP:"{for(i=2;i<NF;i++) if($i=="inuse") print $(i+1)}' /proc/net/sockstat; }
 
 # Waits (up to 30 s) until the previous test's sockets are gone: the TCP socket count
@@ -435,7 +481,7 @@ settle_sockets() {
 # Samples memory before, 2 s after READY, and records all of it.
 # shellcheck disable=SC2046
 run_idle() {
-  local t=$1 n=$2 hold=$3 name=${4:-idle} out=$WORK/idle-$1.out before during lp deadline
+  local t=$1 n=$2 hold=$3 name=${4:-idle} out=$WORK/idle-$1.out before during lp
   local -a pids
   read -r -a pids <<<"$(pids_of "$t")"
   settle_sockets
@@ -444,11 +490,7 @@ run_idle() {
     --hold "${hold}s" ${5:-} >"$out" 2>>"$LOG_ERR" &
   lp=$!
   STARTED+=($lp)
-  deadline=$((SECONDS + 180))
-  until grep -q '^READY' "$out" 2>/dev/null; do
-    if ! kill -0 $lp 2>/dev/null || ((SECONDS > deadline)); then break; fi
-    sleep 0.2
-  done
+  wait_ready "$out" $lp 180 || true
   sleep 2
   read -r -a pids <<<"$(pids_of "$t")"
   during=$(mem_json "${pids[@]}")
@@ -462,24 +504,48 @@ run_idle() {
 
 # ------------------------------------------------------------------ modes
 
-compare_main() {
+start_target() {
+  case $1 in
+    direct) true ;;
+    nginx) start_nginx ;;
+    haproxy) start_haproxy ;;
+    wsgate) start_wsgate 30s 30s ;;
+  esac
+}
+
+# Installs and builds what is missing, starts the echo backends and the targets of $1
+# (each must pass a one-echo sanity check); the usable ones end up in ACTIVE. Starts
+# the count of other processes' CPU (see finish).
+setup() { # targets
   install_proxies
   build
   ECHO_PIDS=()
   start_echo
   ACTIVE=""
   local t
-  for t in $TARGETS; do
-    case $t in
-      direct) ACTIVE+=" direct" ;;
-      nginx) start_nginx && sanity nginx && ACTIVE+=" nginx" ;;
-      haproxy) start_haproxy && sanity haproxy && ACTIVE+=" haproxy" ;;
-      wsgate) start_wsgate 30s 30s && sanity wsgate && ACTIVE+=" wsgate" ;;
-    esac || log "$t left out of this run"
+  for t in $1; do
+    { start_target "$t" && sanity "$t" && ACTIVE+=" $t"; } || log "$t left out of this run"
   done
+  BUSY0=$(machine_busy_ticks) T0=$SECONDS
+}
+
+# Records the machine info and the share of CPU other processes used since setup,
+# keeps the raw results as bench/results/$1-last.*, and has report.py write the
+# section of RESULTS.md for report mode $2 (no report when $2 is empty).
+finish() { # results_name [report_mode]
+  times >"$WORK/times"
+  FOREIGN=$(foreign_load "$BUSY0" "$T0") || FOREIGN=""
+  log "other processes used $FOREIGN of the machine's CPU during the measurements"
+  machine_info >"$WORK/meta.tsv"
+  cp "$RESULTS" "$BENCH_DIR/results/$1-last.jsonl"
+  cp "$WORK/meta.tsv" "$BENCH_DIR/results/$1-last.meta.tsv"
+  [[ -z ${2:-} ]] || python3 "$BENCH_DIR/report.py" "$2" "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+}
+
+compare_main() {
+  setup "$TARGETS"
   log "targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
-  local busy0 t0=$SECONDS
-  busy0=$(machine_busy_ticks)
+  local t
   # Memory first, on fresh processes, so earlier traffic does not hide growth.
   if [[ $ONLY != http ]]; then
     for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD"; done
@@ -489,18 +555,7 @@ compare_main() {
     log "round $r/$ROUNDS"
     run_round $r
   done
-  times >"$WORK/times"
-  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
-  log "other processes used $FOREIGN of the machine's CPU during the measurements"
-  machine_info >"$WORK/meta.tsv"
-  if [[ $ONLY == http ]]; then
-    cp "$RESULTS" "$BENCH_DIR/results/compare-http-last.jsonl"
-    cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-http-last.meta.tsv"
-    return
-  fi
-  cp "$RESULTS" "$BENCH_DIR/results/compare-last.jsonl"
-  cp "$WORK/meta.tsv" "$BENCH_DIR/results/compare-last.meta.tsv"
-  python3 "$BENCH_DIR/report.py" compare "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+  if [[ $ONLY == http ]]; then finish compare-http; else finish compare compare; fi
 }
 
 # permessage-deflate on both legs: compressed 4 KiB JSON-like echo through nginx and
@@ -509,19 +564,11 @@ compare_main() {
 # uncompressed figure.
 # shellcheck disable=SC2046
 deflate_main() {
-  install_proxies
-  build
-  ECHO_PIDS=()
-  start_echo
-  ACTIVE=""
-  start_nginx && sanity nginx && ACTIVE+=" nginx" || log "nginx left out"
-  start_haproxy && sanity haproxy && ACTIVE+=" haproxy" || log "haproxy left out"
-  start_wsgate 30s 30s && sanity wsgate && ACTIVE+=" wsgate" || log "wsgate left out"
+  setup "nginx haproxy wsgate"
   start_wsgate_passthrough && sanity wsgate_passthrough && ACTIVE+=" wsgate_passthrough" \
     || log "wsgate passthrough left out"
   log "deflate targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
-  local busy0 t0=$SECONDS t r
-  busy0=$(machine_busy_ticks)
+  local t r
   # Memory first, on fresh processes: wsgate uncompressed, then everyone with deflate.
   run_idle wsgate "$IDLE_CONNS" "$IDLE_HOLD" idle_plain
   # A fresh wsgate for the deflate figure, so memory freed by the first run does not
@@ -540,13 +587,7 @@ deflate_main() {
         --conns 64 --inflight 16 --size 4096 --duration "${DURATION}s" --warmup "${WARMUP}s"
     done
   done
-  times >"$WORK/times"
-  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
-  log "other processes used $FOREIGN of the machine's CPU during the measurements"
-  machine_info >"$WORK/meta.tsv"
-  cp "$RESULTS" "$BENCH_DIR/results/deflate-last.jsonl"
-  cp "$WORK/meta.tsv" "$BENCH_DIR/results/deflate-last.meta.tsv"
-  python3 "$BENCH_DIR/report.py" deflate "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+  finish deflate deflate
 }
 
 scrape_heartbeats() { # -> "client_count backend_count" of wsgate_heartbeat_rtt_seconds
@@ -572,8 +613,7 @@ scale_main() {
   settle_sockets
   local n=$SCALE_CONNS hold=$SCALE_HOLD out=$WORK/scale.out lp before during late
   ACTIVE=wsgate
-  local busy0 t0=$SECONDS
-  busy0=$(machine_busy_ticks)
+  BUSY0=$(machine_busy_ticks) T0=$SECONDS
   sleep 1
   before=$(mem_json "$WSGATE_PID")
   log "scale: $n idle connections through wsgate, heartbeat client $CLIENT_INTERVAL backend $BACKEND_INTERVAL, hold ${hold}s"
@@ -581,11 +621,8 @@ scale_main() {
     --hold "${hold}s" --pids "$WSGATE_PID" >"$out" 2>>"$LOG_ERR" &
   lp=$!
   STARTED+=($lp)
-  local deadline=$((SECONDS + 180)) t_ready
-  until grep -q '^READY' "$out" 2>/dev/null; do
-    if ! kill -0 $lp 2>/dev/null || ((SECONDS > deadline)); then break; fi
-    sleep 0.2
-  done
+  local t_ready
+  wait_ready "$out" $lp 180 || true
   t_ready=$SECONDS
   # Steady state: skip the first 5 s after READY (connect burst, first heartbeats).
   sleep 5
@@ -611,16 +648,227 @@ scale_main() {
     "$(python3 -c "print(round($w1 - $w0, 3))")" "$hb0" "$hb1")
   record wsgate scale 1 "$res" "$extra"
   log "scale: $(tail -1 "$RESULTS" | cut -c1-400)"
-  times >"$WORK/times"
-  FOREIGN=$(foreign_load "$busy0" "$t0") || FOREIGN=""
-  machine_info >"$WORK/meta.tsv"
-  cp "$RESULTS" "$BENCH_DIR/results/scale-last.jsonl"
-  cp "$WORK/meta.tsv" "$BENCH_DIR/results/scale-last.meta.tsv"
-  python3 "$BENCH_DIR/report.py" scale "$RESULTS" "$WORK/meta.tsv" "$BENCH_DIR/RESULTS.md"
+  finish scale scale
+}
+
+# ------------------------------------------------------------------ tls
+
+# One ECDSA P-256 certificate for 127.0.0.1, made for this run by a throw-away CA
+# (also P-256), used by every proxy: CERT + CERT_KEY (PKCS#8) for nginx and wsgate,
+# CERT_BUNDLE (both) for HAProxy. The load generator trusts CA_CERT.
+make_cert() {
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  CA_CERT=$WORK/ca.pem CERT=$WORK/cert.pem CERT_KEY=$WORK/key.pem CERT_BUNDLE=$WORK/bundle.pem
+  printf '%s\n' subjectAltName=IP:127.0.0.1 basicConstraints=CA:FALSE \
+    extendedKeyUsage=serverAuth >"$WORK/leaf.ext"
+  {
+    openssl req -x509 "${ec[@]}" -days 2 -keyout "$WORK/ca.key" -out "$CA_CERT" \
+      -subj /CN=wsgate-bench-ca &&
+      openssl req "${ec[@]}" -keyout "$CERT_KEY" -out "$WORK/leaf.csr" -subj /CN=127.0.0.1 &&
+      openssl x509 -req -in "$WORK/leaf.csr" -CA "$CA_CERT" -CAkey "$WORK/ca.key" \
+        -CAcreateserial -days 2 -extfile "$WORK/leaf.ext" -out "$CERT"
+  } >"$WORK/openssl.log" 2>&1 || { cat "$WORK/openssl.log" >&2; exit 1; }
+  cat "$CERT" "$CERT_KEY" >"$CERT_BUNDLE"
+}
+
+# wss:// in front of every proxy (backends stay ws://): idle memory per TLS connection
+# first, on fresh processes, then interleaved rounds of full TLS handshakes.
+# shellcheck disable=SC2046
+tls_main() {
+  TLS=1
+  make_cert
+  setup "${TARGETS//direct/}"
+  log "tls targets:$ACTIVE; rounds $ROUNDS x ${DURATION}s; idle $IDLE_CONNS conns"
+  local t r
+  for t in $ACTIVE; do run_idle "$t" "$IDLE_CONNS" "$IDLE_HOLD" idle_tls; done
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS"
+    for t in $ACTIVE; do
+      run_load "$t" handshakes_tls "$r" -- handshakes $(urls_of "$t") $(pid_args "$t") \
+        --concurrency 32 --duration "${DURATION}s"
+    done
+  done
+  finish tls tls
+}
+
+# ------------------------------------------------------------------ storm
+
+main_pid_of() {
+  case $1 in
+    nginx) echo "$NGINX_PID" ;;
+    haproxy) echo "$HAPROXY_PID" ;;
+    wsgate) echo "$WSGATE_PID" ;;
+  esac
+}
+
+# Stops the target's process by PID and starts it again as soon as it has exited
+# (what a supervisor's restart does; wsgate keeps its admin port while it drains, so
+# a new process cannot start beside the old one). SIGTERM everywhere: wsgate drains
+# (a 1001 close to every client, its listener closed at once, then it waits for the
+# close handshakes); nginx does a fast shutdown and HAProxy a hard stop, both closing
+# every connection (their graceful stops, SIGQUIT and SIGUSR1, keep WebSocket tunnels
+# open to the old process for hours). A process still there after 30 s is killed.
+restart_proxy() { # target
+  local pid
+  pid=$(main_pid_of "$1")
+  kill -TERM "$pid"
+  stop_wait "$pid" 30
+  EXITED_AT=$(date +%s.%N)
+  start_target "$1"
+}
+
+# Waits up to $2 s for our child $1 to exit (a zombie has exited: it stays ours, and
+# its PID unused, until `wait`), kills it if it has not, and reaps it.
+stop_wait() { # pid seconds
+  local deadline=$((SECONDS + $2))
+  while [[ $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) == [RSDT] ]] &&
+    ((SECONDS < deadline)); do
+    sleep 0.01
+  done
+  [[ $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) == Z ]] || kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# Kills both echo backends by PID (their sockets close with the process) and starts
+# them again at once; the proxy stays up.
+restart_backends() {
+  local p
+  for p in "${ECHO_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${ECHO_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  ECHO_PIDS=()
+  start_echo
+}
+
+# One storm: SCALE_CONNS clients through target $1, then restart_$2, then wait until
+# every client is back (the load generator's own time limit bounds it).
+# shellcheck disable=SC2046
+run_storm() { # target proxy|backends round
+  local t=$1 what=$2 r=$3 out=$WORK/storm-$1-$2-$3.out lp t_restart t_up res
+  # A fresh proxy for every storm: what an earlier storm left (nginx's servers
+  # marked failed after a backend restart, say) must not shape this one.
+  restart_proxy "$t" && sanity "$t" || log "$t: the fresh proxy fails its sanity check"
+  settle_sockets
+  "$LOAD" --workers $LOAD_WORKERS storm $(urls_of "$t") --conns "$SCALE_CONNS" \
+    --timeout "${STORM_TIMEOUT}s" >"$out" 2>>"$LOG_ERR" &
+  lp=$!
+  STARTED+=($lp)
+  if wait_ready "$out" $lp 180; then
+    sleep 1
+    t_restart=$(date +%s.%N) EXITED_AT=0
+    "restart_$what" "$t" || log "$t did not come back after the $what restart"
+    t_up=$(date +%s.%N)
+  else
+    log "$t: the storm clients did not connect"
+    t_restart=0 t_up=0 EXITED_AT=0
+  fi
+  wait $lp || true
+  res=$(grep '^{' "$out" | tail -1) || true
+  [[ -n $res ]] || res='{"error":"storm load failed"}'
+  record "$t" "storm_$what" "$r" "$res" \
+    "\"restart_unix\":$t_restart,\"exit_unix\":$EXITED_AT,\"up_unix\":$t_up"
+  log "  $t storm_$what: $(cut -c1-300 <<<"$res")"
+}
+
+storm_main() {
+  local whats t r what
+  case $STORM_RESTART in
+    proxy | backends) whats=$STORM_RESTART ;;
+    both) whats="proxy backends" ;;
+    *) log "--restart: proxy, backends or both"; exit 2 ;;
+  esac
+  [[ $TLS == 0 ]] || make_cert
+  setup "${TARGETS//direct/}"
+  log "storm targets:$ACTIVE; $SCALE_CONNS clients; restart: $whats; rounds $ROUNDS; TLS $TLS"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS"
+    for what in $whats; do
+      for t in $ACTIVE; do run_storm "$t" "$what" "$r"; done
+    done
+  done
+  if [[ $TLS == 1 ]]; then finish storm-tls storm; else finish storm storm; fi
+}
+
+# ------------------------------------------------------------------ syscalls
+
+# Syscalls counted one by one (those of an event loop relaying data, and a few of
+# memory and timers); perf also counts all syscalls (raw_syscalls:sys_enter), and
+# report.py shows the rest as "other".
+SYSCALLS="read readv recvfrom recvmsg recvmmsg write writev sendto sendmsg sendmmsg
+  epoll_wait epoll_pwait epoll_pwait2 epoll_ctl futex sched_yield io_uring_enter
+  accept4 close shutdown madvise mmap munmap mprotect brk getrandom setsockopt
+  getsockopt getsockname getpeername clock_nanosleep nanosleep clock_gettime
+  gettimeofday timer_settime setitimer rt_sigprocmask getpid"
+
+# Every thread of the target's processes.
+tids_of() { local p; for p in $(pids_of "$1"); do ls "/proc/$p/task"; done; }
+
+# Counts the syscalls of target $1's processes (all threads) for $2 seconds; prints
+# one JSON object {"syscall": count, ..., "total": n}.
+count_syscalls() { # target seconds
+  local f=$WORK/syscalls.out
+  if [[ $SYS_TOOL == strace ]]; then
+    local -a args=()
+    local tid
+    for tid in $(tids_of "$1"); do args+=(-p "$tid"); done
+    timeout -s INT "$2" strace -c -f -o "$f" "${args[@]}" 2>/dev/null || true
+  else
+    local ev=raw_syscalls:sys_enter s
+    for s in $SYSCALLS; do
+      [[ -d /sys/kernel/tracing/events/syscalls/sys_enter_$s ]] && ev+=",syscalls:sys_enter_$s"
+    done
+    perf stat -x, -o "$f" -e "$ev" -p "$(pids_of "$1" | xargs | tr ' ' ',')" \
+      -- sleep "$2" 2>/dev/null || true
+  fi
+  python3 "$BENCH_DIR/report.py" "parse-$SYS_TOOL" "$f"
+}
+
+# 64 B echo through target $1 while SYS_WINDOW seconds of it are counted, starting 2 s
+# in: "rate" = the latency test's load (SYS_RATE msg/s in all, 64 connections, each
+# message alone), "saturated" = the 64 B throughput test's (64 connections, 16 in
+# flight each: as fast as the machine goes, so reads and writes can batch).
+# shellcheck disable=SC2046
+run_syscalls() { # target round rate|saturated
+  local t=$1 r=$2 kind=$3 out=$WORK/sys-$1-$2-$3.out lp counts res
+  local -a load=(latency --rate "$SYS_RATE" --warmup 1s)
+  [[ $kind == saturated ]] && load=(throughput --inflight 16 --warmup 2s)
+  "$LOAD" --workers $LOAD_WORKERS "${load[@]}" $(urls_of "$t") --conns 64 --size 64 \
+    --duration "$((SYS_WINDOW + 5))s" >"$out" 2>>"$LOG_ERR" &
+  lp=$!
+  STARTED+=($lp)
+  sleep 2
+  counts=$(count_syscalls "$t" "$SYS_WINDOW") || counts='{}'
+  wait $lp || true
+  res=$(grep '^{' "$out" | tail -1) || true
+  [[ -n $res ]] || res='{"error":"load failed"}'
+  record "$t" "syscalls_$kind" "$r" "$res" \
+    "\"syscalls\":${counts:-"{}"},\"window_s\":$SYS_WINDOW,\"tool\":\"$SYS_TOOL\""
+  log "  $t syscalls_$kind: $(cut -c1-300 <<<"$counts")"
+}
+
+syscalls_main() {
+  local t r
+  if [[ $SYS_TOOL == strace ]] && ! command -v strace >/dev/null; then
+    apt-get install -y -q strace >/dev/null
+  fi
+  if [[ $SYS_TOOL == perf ]] && ! command -v perf >/dev/null; then
+    log "perf is missing (apt-get install linux-perf), or use --strace"
+    exit 1
+  fi
+  setup "${TARGETS//direct/}"
+  log "syscalls targets:$ACTIVE; $SYS_RATE msg/s, ${SYS_WINDOW}s counted with $SYS_TOOL; rounds $ROUNDS"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    log "round $r/$ROUNDS"
+    for t in $ACTIVE; do run_syscalls "$t" "$r" rate; done
+    for t in $ACTIVE; do run_syscalls "$t" "$r" saturated; done
+  done
+  finish "syscalls-$SYS_TOOL" syscalls
 }
 
 case $MODE in
   compare) compare_main ;;
   scale) scale_main ;;
   deflate) deflate_main ;;
+  tls) tls_main ;;
+  storm) storm_main ;;
+  syscalls) syscalls_main ;;
 esac

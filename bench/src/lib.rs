@@ -4,16 +4,24 @@
 //! spreading and `/proc` sampling.
 //!
 //! This code exists to generate and absorb load as cheaply as possible. It is not a
-//! general WebSocket implementation: no extensions, no TLS, no UTF-8 validation.
+//! general WebSocket implementation: no extensions (beyond the `--deflate` offer), no
+//! UTF-8 validation; TLS only as a client, TLS 1.3 only, for the `wss://` benchmarks.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// RFC 6455 section 5.2 opcodes: wsgate's own.
 pub use wsgate::ws::frame::opcode;
@@ -123,19 +131,25 @@ pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// A parsed `ws://host:port/path?query` URL.
+/// A parsed `ws://host:port/path?query` or `wss://...` URL.
 #[derive(Debug, Clone)]
 pub struct WsUrl {
     pub addr: SocketAddr,
     pub host: String,
     pub path_and_query: String,
+    /// `wss://`: TLS over the TCP connection.
+    pub tls: bool,
 }
 
 impl WsUrl {
     pub fn parse(url: &str) -> Result<WsUrl, String> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(format!("{url}: only ws:// and wss:// URLs are supported"));
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => match rest.find('?') {
@@ -155,6 +169,7 @@ impl WsUrl {
             addr,
             host: host.to_string(),
             path_and_query: path,
+            tls,
         })
     }
 
@@ -233,49 +248,7 @@ pub async fn ws_connect_with(
 ) -> io::Result<(TcpStream, Vec<u8>)> {
     let fut = async {
         let mut s = connect_from(url.addr, src).await?;
-        let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-        let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n",
-            url.host
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let end = loop {
-            if let Some(e) = head_end(&buf) {
-                break e;
-            }
-            if buf.len() > MAX_HEAD_BYTES {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "response head too large",
-                ));
-            }
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "closed during handshake",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let status = head.split_whitespace().nth(1).unwrap_or("");
-        if status != "101" {
-            let first = head.lines().next().unwrap_or("").to_string();
-            return Err(io::Error::other(format!("upgrade refused: {first}")));
-        }
-        let want = accept_key(&key);
-        if header_value(&head, "sec-websocket-accept") != Some(want.as_str()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "bad Sec-WebSocket-Accept",
-            ));
-        }
-        let rest = buf[end..].to_vec();
+        let rest = upgrade(&mut s, url, target, extra_headers).await?;
         Ok((s, rest))
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -285,6 +258,236 @@ pub async fn ws_connect_with(
             "connect/upgrade timed out",
         )),
     }
+}
+
+/// The client opening handshake over an open stream (RFC 6455 section 4.1): sends the
+/// request, reads the 101 and checks its accept key. Returns the bytes read past the
+/// response head.
+pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    url: &WsUrl,
+    target: &str,
+    extra_headers: &str,
+) -> io::Result<Vec<u8>> {
+    let key_bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n",
+        url.host
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(e) = head_end(&buf) {
+            break e;
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during handshake",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status != "101" {
+        let first = head.lines().next().unwrap_or("").to_string();
+        return Err(io::Error::other(format!("upgrade refused: {first}")));
+    }
+    let want = accept_key(&key);
+    if header_value(&head, "sec-websocket-accept") != Some(want.as_str()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad Sec-WebSocket-Accept",
+        ));
+    }
+    Ok(buf[end..].to_vec())
+}
+
+/// A client connection: plain TCP, or TLS over TCP for `wss://`.
+pub enum Stream {
+    Plain(TcpStream),
+    // Boxed: the rustls client state is large, and most connections are plain.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Waits for bytes on a quiet connection and reads them into `chunk` (0 = EOF).
+    /// Plain connections wait for readability first, so an idle connection holds no
+    /// read buffer; TLS keeps its own record buffer in rustls anyway.
+    pub async fn read_idle(&mut self, chunk: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => loop {
+                s.readable().await?;
+                match s.try_read(chunk) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            },
+            Stream::Tls(s) => s.read(chunk).await,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The step of [`ws_open`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connect (refused, reset, timed out).
+    Connect = 0,
+    /// TLS handshake.
+    Tls = 1,
+    /// HTTP upgrade: anything but a good 101 (a 502 or 503 included).
+    Upgrade = 2,
+}
+
+/// A failed [`ws_open`]: which step, and why.
+#[derive(Debug)]
+pub struct OpenError {
+    pub phase: Phase,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.phase, self.error)
+    }
+}
+
+impl From<OpenError> for io::Error {
+    fn from(e: OpenError) -> io::Error {
+        io::Error::new(e.error.kind(), e.to_string())
+    }
+}
+
+/// Opens a `ws://` or `wss://` connection (TCP, TLS when the URL says so, upgrade),
+/// all within `timeout`. `tls` must be given for `wss://` URLs.
+pub async fn ws_open(
+    url: &WsUrl,
+    target: &str,
+    src: Option<Ipv4Addr>,
+    timeout: Duration,
+    extra_headers: &str,
+    tls: Option<&TlsConnector>,
+) -> Result<(Stream, Vec<u8>), OpenError> {
+    // Where the attempt is, so a timeout can be charged to the right step.
+    let phase = AtomicU8::new(Phase::Connect as u8);
+    let at = |p: Phase| phase.store(p as u8, Ordering::Relaxed);
+    let fail = |p: Phase| move |error| OpenError { phase: p, error };
+    let fut = async {
+        let tcp = connect_from(url.addr, src)
+            .await
+            .map_err(fail(Phase::Connect))?;
+        let mut s = if url.tls {
+            at(Phase::Tls);
+            let connector = tls.ok_or_else(|| OpenError {
+                phase: Phase::Tls,
+                error: io::Error::other("wss:// URL without a TLS client (--ca)"),
+            })?;
+            let name = ServerName::IpAddress(url.addr.ip().into());
+            let t = connector
+                .connect(name, tcp)
+                .await
+                .map_err(fail(Phase::Tls))?;
+            Stream::Tls(Box::new(t))
+        } else {
+            Stream::Plain(tcp)
+        };
+        at(Phase::Upgrade);
+        let rest = upgrade(&mut s, url, target, extra_headers)
+            .await
+            .map_err(fail(Phase::Upgrade))?;
+        Ok((s, rest))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => {
+            let p = match phase.load(Ordering::Relaxed) {
+                0 => Phase::Connect,
+                1 => Phase::Tls,
+                _ => Phase::Upgrade,
+            };
+            Err(OpenError {
+                phase: p,
+                error: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
+            })
+        }
+    }
+}
+
+/// A TLS 1.3 client (ring) that trusts only the PEM certificates in `ca_path` and
+/// never resumes: every connection is a full handshake, as the benchmark measures.
+pub fn tls_connector(ca_path: &str) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_path)
+        .map_err(|e| format!("{ca_path}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{ca_path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{ca_path}: no certificate"));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| format!("{ca_path}: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    // What browsers offer for a WebSocket.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
 /// USER_HZ: the unit of utime/stime in /proc/PID/stat (100 on every Linux userland).
@@ -359,6 +562,11 @@ mod tests {
         assert_eq!(u.target_with_client_id("c1"), "/?client_id=c1");
         let u = WsUrl::parse("ws://127.0.0.1:8080/x?a=b").unwrap();
         assert_eq!(u.target_with_client_id("c1"), "/x?a=b&client_id=c1");
+        assert!(!u.tls);
+        let u = WsUrl::parse("wss://127.0.0.1:8443/").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.addr.port(), 8443);
+        assert!(WsUrl::parse("http://127.0.0.1:80/").is_err());
     }
 
     #[test]

@@ -15,14 +15,15 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use wsgate_bench::{
-    CLOCK_TICKS_PER_SEC, DEFLATE_OFFER, MAX_HEAD_BYTES, SourceAddrs, WsUrl, apply_mask,
-    connect_from, head_end, header_value, mask_key, opcode, parse_header, put_header,
-    put_masked_frame, self_cpu_ticks, total_cpu_ticks, ws_connect_with,
+    CLOCK_TICKS_PER_SEC, DEFLATE_OFFER, MAX_HEAD_BYTES, OpenError, SourceAddrs, Stream, WsUrl,
+    apply_mask, connect_from, head_end, header_value, mask_key, opcode, parse_header, put_header,
+    put_masked_frame, self_cpu_ticks, tls_connector, total_cpu_ticks, ws_connect_with, ws_open,
 };
 
 /// How long one connect + upgrade may take.
@@ -33,6 +34,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const SOURCE_ADDRS: u32 = 60_000;
 /// Status code in the close frames we send: 1000 normal closure.
 const CLOSE_NORMAL: [u8; 2] = 1000u16.to_be_bytes();
+/// 1001 going away: the answer to a draining server's close.
+const GOING_AWAY: [u8; 2] = 1001u16.to_be_bytes();
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,9 +52,14 @@ struct Cli {
 
 #[derive(ClapArgs, Debug, Clone)]
 struct Common {
-    /// Target ws:// URL (IP:port). Repeat to spread connections round-robin.
+    /// Target ws:// or wss:// URL (IP:port). Repeat to spread connections
+    /// round-robin. wss:// (handshakes, idle, storm) needs --ca.
     #[arg(long, required = true)]
     url: Vec<String>,
+    /// PEM certificate(s) to trust for wss:// URLs. The client speaks TLS 1.3 only and
+    /// never resumes a session: every TLS handshake is a full one.
+    #[arg(long)]
+    ca: Option<String>,
     /// Processes whose CPU (utime+stime from /proc/PID/stat) is measured over the
     /// measurement window, e.g. the proxy's processes. Comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -131,6 +139,16 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         warmup: Duration,
     },
+    /// Reconnect storm: open --conns connections (one echo each), print `READY <n>`,
+    /// then hold them; every connection that is lost (the proxy or its backends are
+    /// restarted meanwhile) reconnects at once, with no backoff, and echoes again.
+    /// Ends when every connection has been lost and is back, or after --timeout.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: StormOpts,
+    },
     /// Connect, one echo, close handshake, repeat, from --concurrency clients.
     Handshakes {
         #[command(flatten)]
@@ -169,6 +187,7 @@ struct Ctx {
     next_id: AtomicU64,
     pids: Vec<u32>,
     deflate: bool,
+    tls: Option<TlsConnector>,
 }
 
 impl Ctx {
@@ -178,6 +197,13 @@ impl Ctx {
             .iter()
             .map(|u| WsUrl::parse(u))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = match &c.ca {
+            Some(path) => Some(tls_connector(path)?),
+            None if urls.iter().any(|u| u.tls) => {
+                return Err("wss:// URLs need --ca (the certificate to trust)".into());
+            }
+            None => None,
+        };
         Ok(Arc::new(Ctx {
             urls,
             spread: !c.no_spread,
@@ -185,16 +211,36 @@ impl Ctx {
             next_id: AtomicU64::new(0),
             pids: c.pids.clone(),
             deflate: c.deflate,
+            tls,
         }))
     }
 
-    /// Connects connection number `n` (client_id `c<n>`) to its target.
+    /// Fails for the modes that speak plain TCP only (throughput, latency, http).
+    fn plain_only(self: Arc<Self>, mode: &str) -> Result<Arc<Self>, String> {
+        if self.urls.iter().any(|u| u.tls) {
+            return Err(format!(
+                "{mode}: only ws:// URLs (wss:// is for handshakes, idle, storm)"
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Connects connection number `n` (client_id `c<n>`) to its (ws://) target.
     async fn connect(&self, n: u64) -> io::Result<(TcpStream, Vec<u8>)> {
         let url = &self.urls[n as usize % self.urls.len()];
         let target = url.target_with_client_id(&format!("c{n}"));
         let src = self.spread.then(|| self.src.next());
         let extra = if self.deflate { DEFLATE_OFFER } else { "" };
         ws_connect_with(url, &target, src, CONNECT_TIMEOUT, extra).await
+    }
+
+    /// Opens connection number `n` to its ws:// or wss:// target, within `timeout`.
+    async fn open(&self, n: u64, timeout: Duration) -> Result<(Stream, Vec<u8>), OpenError> {
+        let url = &self.urls[n as usize % self.urls.len()];
+        let target = url.target_with_client_id(&format!("c{n}"));
+        let src = self.spread.then(|| self.src.next());
+        let extra = if self.deflate { DEFLATE_OFFER } else { "" };
+        ws_open(url, &target, src, timeout, extra, self.tls.as_ref()).await
     }
 
     fn next_id(&self) -> u64 {
@@ -243,7 +289,10 @@ fn main() {
                 size,
                 duration,
                 warmup,
-            } => throughput(Ctx::new(&common)?, conns, inflight, size, duration, warmup).await,
+            } => {
+                let ctx = Ctx::new(&common)?.plain_only("throughput")?;
+                throughput(ctx, conns, inflight, size, duration, warmup).await
+            }
             Cmd::Latency {
                 common,
                 conns,
@@ -251,7 +300,10 @@ fn main() {
                 size,
                 duration,
                 warmup,
-            } => latency(Ctx::new(&common)?, conns, rate, size, duration, warmup).await,
+            } => {
+                let ctx = Ctx::new(&common)?.plain_only("latency")?;
+                latency(ctx, conns, rate, size, duration, warmup).await
+            }
             Cmd::Idle {
                 common,
                 conns,
@@ -268,6 +320,7 @@ fn main() {
                 )
                 .await
             }
+            Cmd::Storm { common, opts } => storm(Ctx::new(&common)?, opts).await,
             Cmd::Handshakes {
                 common,
                 concurrency,
@@ -280,7 +333,16 @@ fn main() {
                 path,
                 duration,
                 warmup,
-            } => http(Ctx::new(&common)?, conns, path, duration, warmup).await,
+            } => {
+                http(
+                    Ctx::new(&common)?.plain_only("http")?,
+                    conns,
+                    path,
+                    duration,
+                    warmup,
+                )
+                .await
+            }
         }
     });
     match result {
@@ -346,7 +408,7 @@ async fn read_some<R: AsyncReadExt + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io:
 }
 
 /// Sends a close frame and waits (bounded) for the peer's close and EOF.
-async fn close_handshake(s: &mut TcpStream, mut buf: Vec<u8>) -> bool {
+async fn close_handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, mut buf: Vec<u8>) -> bool {
     let fut = async {
         let mut out = Vec::new();
         put_masked_frame(&mut out, opcode::CLOSE, &CLOSE_NORMAL);
@@ -360,7 +422,13 @@ async fn close_handshake(s: &mut TcpStream, mut buf: Vec<u8>) -> bool {
             if got_close {
                 buf.clear();
             }
-            let n = read_some(s, &mut buf).await?;
+            let n = match read_some(s, &mut buf).await {
+                Ok(n) => n,
+                // A TLS peer that closes TCP without close_notify after its close
+                // frame: the WebSocket close handshake is complete all the same.
+                Err(e) if got_close && e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok::<bool, io::Error>(got_close);
             }
@@ -821,7 +889,7 @@ async fn idle(
             first_error.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let r = ctx.connect(ctx.next_id()).await;
+            let r = ctx.open(ctx.next_id(), CONNECT_TIMEOUT).await;
             if r.is_ok() {
                 stats.opened.fetch_add(1, Ordering::Relaxed);
             }
@@ -859,6 +927,7 @@ async fn idle(
     }
     let mut v = json!({
         "mode": "idle",
+        "tls": ctx.tls.is_some(),
         "conns": conns,
         "opened": opened,
         "failed": stats.failed.load(Ordering::Relaxed),
@@ -882,7 +951,7 @@ async fn idle(
 /// Holds one quiet connection: no read buffer while nothing arrives, pings answered.
 /// On the verify signal: ping, wait for the matching pong, close.
 async fn idle_conn(
-    mut s: TcpStream,
+    mut s: Stream,
     rest: Vec<u8>,
     mut verify: watch::Receiver<bool>,
     stats: &IdleStats,
@@ -892,6 +961,7 @@ async fn idle_conn(
     let mut buf = rest;
     let mut control = Vec::new();
     let mut probe_deadline: Option<Instant> = None;
+    let mut chunk = [0u8; 2048];
     let result: io::Result<bool> = async {
         loop {
             // Frames may already be buffered (e.g. bytes that followed the 101).
@@ -932,14 +1002,10 @@ async fn idle_conn(
                 }
             };
             tokio::select! {
-                r = s.readable() => {
-                    r?;
-                    let mut chunk = [0u8; 2048];
-                    match s.try_read(&mut chunk) {
-                        Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
+                r = s.read_idle(&mut chunk) => {
+                    match r? {
+                        0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                        n => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
                 timed_out = verify_wait => {
@@ -965,6 +1031,333 @@ async fn idle_conn(
             if probe_deadline.is_none() {
                 stats.lost.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- storm
+
+/// Options of the `storm` subcommand.
+#[derive(ClapArgs, Debug)]
+struct StormOpts {
+    #[arg(long, default_value_t = 9000)]
+    conns: usize,
+    /// Connects in progress at once while opening (not while reconnecting: then
+    /// every lost connection retries at once).
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Time limit of one reconnect attempt (connect, TLS, upgrade, echo).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    attempt_timeout: Duration,
+    /// Reconnect attempts one connection may make per loss before it gives up.
+    #[arg(long, default_value_t = 2000)]
+    max_attempts: u64,
+    /// How long after `READY` the run may take in all.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Payload bytes of the echo each connection makes after (re)connecting.
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+}
+
+/// The ways a reconnect attempt fails: the three steps of [`ws_open`], then the echo.
+const STORM_FAILURES: [&str; 4] = ["connect", "tls", "upgrade", "echo"];
+/// Where the first failure of the initial connects is kept (after STORM_FAILURES).
+const INITIAL: usize = 4;
+
+/// Counters of the storm run, shared by all connection tasks. Times are nanoseconds
+/// since the run's start (`base`).
+struct StormStats {
+    opened: AtomicU64,
+    initial_failed: AtomicU64,
+    /// Connections lost at least once.
+    lost_once: AtomicU64,
+    /// Losses in all (a connection may be lost again after it came back).
+    losses: AtomicU64,
+    /// Connections lost and not back (yet).
+    down: AtomicU64,
+    gave_up: AtomicU64,
+    recoveries: AtomicU64,
+    attempts: AtomicU64,
+    /// Failed reconnect attempts by [`STORM_FAILURES`] kind.
+    failed: [AtomicU64; 4],
+    /// The first error of each kind, then ([`INITIAL`]) of the initial connects.
+    first_errors: Mutex<[Option<String>; 5]>,
+    first_loss_ns: AtomicU64,
+    last_recovery_ns: AtomicU64,
+    /// Close codes of the close frames that announced a loss (0 = none given).
+    close_codes: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Losses that came without a close frame (TCP EOF or reset).
+    abrupt: AtomicU64,
+    /// Per loss: time until that connection echoed again.
+    outage: Mutex<Histogram<u64>>,
+}
+
+impl StormStats {
+    fn new() -> StormStats {
+        StormStats {
+            opened: AtomicU64::new(0),
+            initial_failed: AtomicU64::new(0),
+            lost_once: AtomicU64::new(0),
+            losses: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            gave_up: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failed: Default::default(),
+            first_errors: Mutex::default(),
+            first_loss_ns: AtomicU64::new(u64::MAX),
+            last_recovery_ns: AtomicU64::new(0),
+            close_codes: Mutex::default(),
+            abrupt: AtomicU64::new(0),
+            outage: Mutex::new(new_hist()),
+        }
+    }
+
+    fn fail(&self, kind: usize, e: &dyn std::fmt::Display) {
+        self.failed[kind].fetch_add(1, Ordering::Relaxed);
+        self.first_errors.lock().unwrap()[kind].get_or_insert_with(|| e.to_string());
+    }
+}
+
+async fn storm(ctx: Arc<Ctx>, o: StormOpts) -> Result<serde_json::Value, String> {
+    let o = Arc::new(o);
+    let st = Arc::new(StormStats::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let gate = Arc::new(Semaphore::new(o.connect_concurrency.max(1)));
+    let base = Instant::now();
+    let base_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs_f64();
+    let mut tasks = Vec::with_capacity(o.conns);
+    for _ in 0..o.conns {
+        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let (ctx, st, o, stop) = (ctx.clone(), st.clone(), o.clone(), stop_rx.clone());
+        let id = ctx.next_id();
+        tasks.push(tokio::spawn(async move {
+            storm_conn(&ctx, id, &st, &o, permit, stop, base).await;
+        }));
+    }
+    let _ = gate
+        .acquire_many(o.connect_concurrency.max(1) as u32)
+        .await
+        .expect("semaphore");
+    let opened = st.opened.load(Ordering::Relaxed);
+    let ready_s = base.elapsed().as_secs_f64();
+    println!("READY {opened}");
+    eprintln!(
+        "storm: {opened} open, {} failed in {ready_s:.1}s; waiting for the restart",
+        st.initial_failed.load(Ordering::Relaxed)
+    );
+    // Done when every connection has been lost once and is back (or has given up).
+    let deadline = Instant::now() + o.timeout;
+    loop {
+        let lost_once = st.lost_once.load(Ordering::Relaxed);
+        let settled = st.down.load(Ordering::Relaxed) == st.gave_up.load(Ordering::Relaxed);
+        if opened > 0 && lost_once == opened && settled {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = stop_tx.send(true);
+    // Counters first, then drop the connections without close handshakes.
+    let lost_once = st.lost_once.load(Ordering::Relaxed);
+    let down = st.down.load(Ordering::Relaxed);
+    let first_loss = st.first_loss_ns.load(Ordering::Relaxed);
+    let last_recovery = st.last_recovery_ns.load(Ordering::Relaxed);
+    let failed: Vec<u64> = st
+        .failed
+        .iter()
+        .map(|f| f.load(Ordering::Relaxed))
+        .collect();
+    for t in &tasks {
+        t.abort();
+    }
+    let hist = st.outage.lock().unwrap().clone();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
+    let recovered_all = opened > 0 && lost_once == opened && down == 0;
+    let mut v = json!({
+        "mode": "storm",
+        "tls": ctx.tls.is_some(),
+        "conns": o.conns,
+        "opened": opened,
+        "initial_failed": st.initial_failed.load(Ordering::Relaxed),
+        "open_seconds": ready_s,
+        "ready_unix": base_unix + ready_s,
+        "lost": lost_once,
+        "losses": st.losses.load(Ordering::Relaxed),
+        "lost_abruptly": st.abrupt.load(Ordering::Relaxed),
+        "close_codes": *st.close_codes.lock().unwrap(),
+        "recoveries": st.recoveries.load(Ordering::Relaxed),
+        "still_down": down,
+        "gave_up": st.gave_up.load(Ordering::Relaxed),
+        "recovered_all": recovered_all,
+        "attempts": st.attempts.load(Ordering::Relaxed),
+        "failed_attempts": failed.iter().sum::<u64>(),
+        "max_attempts_per_loss": o.max_attempts,
+        "loadgen_cpu_s": self_cpu_ticks() as f64 / CLOCK_TICKS_PER_SEC as f64,
+    });
+    for (i, kind) in STORM_FAILURES.iter().enumerate() {
+        v[format!("failed_{kind}")] = json!(failed[i]);
+        if let Some(e) = &st.first_errors.lock().unwrap()[i] {
+            v[format!("first_error_{kind}")] = json!(e);
+        }
+    }
+    if let Some(e) = &st.first_errors.lock().unwrap()[INITIAL] {
+        v["first_error_initial"] = json!(e);
+    }
+    if first_loss != u64::MAX {
+        v["first_loss_unix"] = json!(base_unix + first_loss as f64 / 1e9);
+    }
+    if last_recovery > 0 {
+        v["last_recovery_unix"] = json!(base_unix + last_recovery as f64 / 1e9);
+        if first_loss != u64::MAX && last_recovery > first_loss {
+            v["recovery_after_first_loss_s"] = json!((last_recovery - first_loss) as f64 / 1e9);
+        }
+    }
+    if !hist.is_empty() {
+        v["outage_p50_ms"] = json!(ms(0.5));
+        v["outage_p99_ms"] = json!(ms(0.99));
+        v["outage_max_ms"] = json!(hist.max() as f64 / 1e6);
+    }
+    Ok(v)
+}
+
+/// One storm connection: open (gated), echo, hold; after each loss reconnect with
+/// no pause until it echoes again, at most `max_attempts` times per loss.
+async fn storm_conn(
+    ctx: &Ctx,
+    id: u64,
+    st: &StormStats,
+    o: &StormOpts,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+    base: Instant,
+) {
+    let opened = async {
+        let (mut s, mut buf) = ctx.open(id, CONNECT_TIMEOUT).await?;
+        echo_once(&mut s, &mut buf, o.size, CONNECT_TIMEOUT).await?;
+        io::Result::Ok((s, buf))
+    }
+    .await;
+    // Counted before the permit goes back: `READY` waits for every permit.
+    let (mut s, mut buf) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            st.initial_failed.fetch_add(1, Ordering::Relaxed);
+            st.first_errors.lock().unwrap()[INITIAL].get_or_insert_with(|| e.to_string());
+            return;
+        }
+    };
+    st.opened.fetch_add(1, Ordering::Relaxed);
+    drop(permit);
+    let now_ns = || base.elapsed().as_nanos() as u64;
+    let mut lost_before = false;
+    loop {
+        if !storm_hold(&mut s, &mut buf, &mut stop, st).await {
+            return;
+        }
+        let lost_at = now_ns();
+        st.first_loss_ns.fetch_min(lost_at, Ordering::Relaxed);
+        st.losses.fetch_add(1, Ordering::Relaxed);
+        st.down.fetch_add(1, Ordering::Relaxed);
+        if !lost_before {
+            lost_before = true;
+            st.lost_once.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut attempts = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if attempts == o.max_attempts {
+                st.gave_up.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            attempts += 1;
+            st.attempts.fetch_add(1, Ordering::Relaxed);
+            match ctx.open(id, o.attempt_timeout).await {
+                Ok((s2, b2)) => (s, buf) = (s2, b2),
+                Err(e) => {
+                    st.fail(e.phase as usize, &e);
+                    continue;
+                }
+            }
+            match echo_once(&mut s, &mut buf, o.size, o.attempt_timeout).await {
+                Ok(()) => break,
+                Err(e) => st.fail(3, &e),
+            }
+        }
+        let back = now_ns();
+        st.last_recovery_ns.fetch_max(back, Ordering::Relaxed);
+        st.down.fetch_sub(1, Ordering::Relaxed);
+        st.recoveries.fetch_add(1, Ordering::Relaxed);
+        let _ = st
+            .outage
+            .lock()
+            .unwrap()
+            .record((back - lost_at).max(1_000));
+    }
+}
+
+/// Holds a storm connection, answering pings. Returns `true` when the connection is
+/// lost (a close frame, which is answered, or EOF, or an error), `false` on `stop`.
+async fn storm_hold(
+    s: &mut Stream,
+    buf: &mut Vec<u8>,
+    stop: &mut watch::Receiver<bool>,
+    st: &StormStats,
+) -> bool {
+    let mut control = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        let mut close_code = None;
+        let closed = drain_frames(buf, &mut control, |op, _, p| {
+            if op == opcode::CLOSE {
+                close_code = Some(if p.len() >= 2 {
+                    u16::from_be_bytes([p[0], p[1]])
+                } else {
+                    0
+                });
+            }
+        });
+        let Ok(closed) = closed else {
+            st.abrupt.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        if closed {
+            let code = close_code.unwrap_or(0);
+            *st.close_codes.lock().unwrap().entry(code).or_default() += 1;
+            // Answer the close at once (the draining server waits for it), then go.
+            let mut out = Vec::new();
+            let answer: &[u8] = if code == 0 { &[] } else { &CLOSE_NORMAL };
+            put_masked_frame(&mut out, opcode::CLOSE, answer);
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.write_all(&out)).await;
+            return true;
+        }
+        if !control.is_empty() {
+            if s.write_all(&control).await.is_err() {
+                st.abrupt.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            control.clear();
+        }
+        if buf.is_empty() {
+            *buf = Vec::new();
+        }
+        tokio::select! {
+            r = s.read_idle(&mut chunk) => match r {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => {
+                    st.abrupt.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+            },
+            _ = stop.wait_for(|v| *v) => return false,
         }
     }
 }
@@ -1017,6 +1410,7 @@ async fn handshakes(
     let n = ok.load(Ordering::Relaxed);
     let mut v = json!({
         "mode": "handshakes",
+        "tls": ctx.tls.is_some(),
         "concurrency": concurrency,
         "seconds": elapsed,
         "completed": n,
@@ -1038,7 +1432,23 @@ async fn handshakes(
 
 /// Connect, upgrade, one echo, close handshake, wait for the server's TCP close.
 async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
-    let (mut s, mut buf) = ctx.connect(ctx.next_id()).await?;
+    let (mut s, mut buf) = ctx.open(ctx.next_id(), CONNECT_TIMEOUT).await?;
+    echo_once(&mut s, &mut buf, size, CONNECT_TIMEOUT).await?;
+    if close_handshake(&mut s, buf).await {
+        Ok(())
+    } else {
+        Err(io::Error::other("close handshake incomplete"))
+    }
+}
+
+/// Sends one binary message of `size` bytes and waits (up to `timeout`) for its echo,
+/// answering pings meanwhile. `buf` holds bytes already read (and keeps any surplus).
+async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    size: usize,
+    timeout: Duration,
+) -> io::Result<()> {
     let payload = vec![0x5Au8; size];
     let mut out = Vec::new();
     put_masked_frame(&mut out, opcode::BINARY, &payload);
@@ -1047,9 +1457,17 @@ async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
         let mut control = Vec::new();
         loop {
             let mut got = false;
-            let closed = drain_frames(&mut buf, &mut control, |op, _, p| {
+            // The close frame's status code, echoed in our answer (none if it had none).
+            let mut close_code: &[u8] = &[];
+            let closed = drain_frames(buf, &mut control, |op, _, p| {
                 if op == opcode::BINARY && p.len() == size {
                     got = true;
+                }
+                if op == opcode::CLOSE && p.len() >= 2 {
+                    close_code = match u16::from_be_bytes([p[0], p[1]]) {
+                        1001 => &GOING_AWAY,
+                        _ => &CLOSE_NORMAL,
+                    };
                 }
             })?;
             if !control.is_empty() {
@@ -1060,12 +1478,15 @@ async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
                 return Ok(());
             }
             if closed {
+                // Answer it, as a client must (a draining server waits for that).
+                put_masked_frame(&mut control, opcode::CLOSE, close_code);
+                let _ = s.write_all(&control).await;
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "server sent close",
                 ));
             }
-            if read_some(&mut s, &mut buf).await? == 0 {
+            if read_some(s, buf).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed before echo",
@@ -1073,14 +1494,9 @@ async fn one_handshake(ctx: &Ctx, size: usize) -> io::Result<()> {
             }
         }
     };
-    match tokio::time::timeout(CONNECT_TIMEOUT, echo).await {
-        Ok(r) => r?,
-        Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "echo timed out")),
-    }
-    if close_handshake(&mut s, buf).await {
-        Ok(())
-    } else {
-        Err(io::Error::other("close handshake incomplete"))
+    match tokio::time::timeout(timeout, echo).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "echo timed out")),
     }
 }
 
