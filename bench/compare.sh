@@ -701,20 +701,32 @@ main_pid_of() {
   esac
 }
 
-# Stops the target's process by PID and starts it again as soon as it has exited
-# (what a supervisor's restart does; wsgate keeps its admin port while it drains, so
-# a new process cannot start beside the old one). SIGTERM everywhere: wsgate drains
-# (a 1001 close to every client, its listener closed at once, then it waits for the
-# close handshakes); nginx does a fast shutdown and HAProxy a hard stop, both closing
-# every connection (their graceful stops, SIGQUIT and SIGUSR1, keep WebSocket tunnels
-# open to the old process for hours). A process still there after 30 s is killed.
+# Stops the target's process by PID and starts it again as soon as nothing listens
+# on its port any more (what a restart in place does); the old process may still be
+# finishing (wsgate drains: its listeners close first, then 1001 to every client and
+# the wait for the close handshakes; its admin port is shared with SO_REUSEPORT, so a
+# new process starts beside it). SIGTERM everywhere: nginx does a fast shutdown and
+# HAProxy a hard stop, both closing every connection (their graceful stops, SIGQUIT
+# and SIGUSR1, keep WebSocket tunnels open to the old process for hours). The old
+# process is reaped by reap_old (killed if still there after 30 s).
 restart_proxy() { # target
-  local pid
+  local pid port deadline=$((SECONDS + 30))
   pid=$(main_pid_of "$1")
+  port=$(port_of "$1")
   kill -TERM "$pid"
-  stop_wait "$pid" 30
+  while [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]] && ((SECONDS < deadline)); do
+    sleep 0.005
+  done
   EXITED_AT=$(date +%s.%N)
+  OLD_PIDS+=("$pid")
   start_target "$1"
+}
+
+OLD_PIDS=()
+reap_old() {
+  local p
+  for p in "${OLD_PIDS[@]}"; do stop_wait "$p" 30; done
+  OLD_PIDS=()
 }
 
 # Waits up to $2 s for our child $1 to exit (a zombie has exited: it stays ours, and
@@ -762,6 +774,7 @@ run_storm() { # target proxy|backends round
     t_restart=0 t_up=0 EXITED_AT=0
   fi
   wait $lp || true
+  reap_old
   res=$(grep '^{' "$out" | tail -1) || true
   [[ -n $res ]] || res='{"error":"storm load failed"}'
   record "$t" "storm_$what" "$r" "$res" \

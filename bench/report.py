@@ -636,7 +636,7 @@ def storm(results, meta, out_path):
             ("outage of one client, p99 (ms)", test, res("outage_p99_ms"), "low"),
         ]
         if what == "proxy":
-            rows.append(("restart: signal to the old process gone (s)", test, exited, "low"))
+            rows.append(("restart: signal to the old listener gone (s)", test, exited, "low"))
             rows.append(("restart: signal to the new process listening (s)", test, up, "low"))
         rows += [
             ("reconnect attempts", test, res("attempts"), "low"),
@@ -689,8 +689,9 @@ def storm(results, meta, out_path):
         "the restart signal (or the first lost connection) to the last client echoing "
         "again. Restart: SIGTERM by PID (wsgate drains, sending 1001; nginx's fast "
         "shutdown and HAProxy's hard stop close every connection), then the same "
-        "command again as soon as the old process has exited (wsgate keeps its admin "
-        "port while it drains, so a new process cannot start beside the old one).",
+        "command again as soon as nothing listens on the port any more (the old process "
+        "may still be finishing: wsgate closes its listeners first, then drains beside "
+        "the new process; its admin port is shared with SO_REUSEPORT).",
         "",
         *sections,
         NOISE_NOTE,

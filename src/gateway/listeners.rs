@@ -43,10 +43,13 @@ pub fn reuseport_socket(addr: SocketAddr) -> Result<TcpSocket, StartError> {
     Ok(sock)
 }
 
-/// A listener on the caller's runtime (admin).
+/// A listener on the caller's runtime (admin). `SO_REUSEPORT` as for the
+/// client listeners: a new process can start beside one that is draining
+/// (a restart in place); for that moment either may answer an admin call.
 pub fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     let bind_err = |source| StartError::Bind { addr, source };
     let sock = socket(addr)?;
+    sock.set_reuseport(true).map_err(bind_err)?;
     sock.bind(addr).map_err(bind_err)?;
     sock.listen(LISTEN_BACKLOG).map_err(bind_err)
 }
