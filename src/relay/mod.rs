@@ -469,7 +469,7 @@ impl<S: RelayIo> Relay<S> {
         for side in Side::BOTH {
             let hb = self.policy.heartbeat(side);
             let peer = self.peer(side);
-            if peer.blocked_since.is_some_and(|t| now >= t + slow) {
+            if peer.blocked_since().is_some_and(|t| now >= t + slow) {
                 self.end(
                     Ending::Violation {
                         by: side,
@@ -505,7 +505,7 @@ impl<S: RelayIo> Relay<S> {
                 .heartbeating()
                 .then(|| peer.liveness.deadline(self.policy.heartbeat(side)))
                 .flatten();
-            peer_deadlines[2 * i + 1] = peer.blocked_since.map(|t| t + slow);
+            peer_deadlines[2 * i + 1] = peer.blocked_since().map(|t| t + slow);
         }
         self.timers.arm(cx, peer_deadlines, now)
     }
@@ -550,14 +550,14 @@ fn pump_dir<S: RelayIo>(
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let read_chunk = dir.read_chunk;
-        let n = if !from.pre.is_empty() {
-            let n = from.pre.len().min(read_chunk);
-            scratch[HEADROOM..HEADROOM + n].copy_from_slice(&from.pre[..n]);
-            from.pre = if n == from.pre.len() {
-                Bytes::new()
-            } else {
-                from.pre.slice(n..)
-            };
+        let n = if let Some(pre) = from.pre.take() {
+            let n = pre.len().min(read_chunk);
+            scratch[HEADROOM..HEADROOM + n].copy_from_slice(&pre[..n]);
+            // More than one read's worth: keep the rest (once per connection
+            // at most, not per message).
+            if n < pre.len() {
+                from.pre = Some(Box::from(&pre[n..]));
+            }
             n
         } else {
             let mut rb = ReadBuf::new(&mut scratch[HEADROOM..HEADROOM + read_chunk]);
