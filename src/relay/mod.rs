@@ -33,7 +33,6 @@ pub mod rate;
 pub mod timers;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,7 +41,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DirectionCounters, Metrics};
 use crate::side::Side;
@@ -132,7 +131,6 @@ pub struct Relay<S> {
     /// Pushes from the cluster; boxed, and only on cluster-enabled gateways.
     link: Option<Box<Link>>,
     timers: Timers,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     cancel_seen: bool,
     shutdown: CancellationToken,
     /// The first ending decided; later ones only add close frames.
@@ -169,8 +167,7 @@ impl<S: RelayIo> Relay<S> {
             metrics,
             deflate: session.deflate,
             inspect: session.inspect,
-            timers: Timers::new(now, session.token_expires),
-            cancelled: Box::pin(session.cancel.cancelled_owned()),
+            timers: Timers::new(now, session.token_expires, session.cancel),
             cancel_seen: false,
             shutdown: session.shutdown,
             ending: None,
@@ -218,7 +215,7 @@ impl<S: RelayIo> Relay<S> {
     /// Moves bytes until the connection ends (`Ready`).
     pub fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut now = Instant::now();
-        if !self.cancel_seen && self.cancelled.as_mut().poll(cx).is_ready() {
+        if !self.cancel_seen && self.timers.poll_cancelled(cx) {
             self.cancel_seen = true;
             self.on_cancel(now);
         }

@@ -13,6 +13,7 @@ use std::task::Context;
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::relay::policy::Heartbeat;
 
@@ -29,10 +30,22 @@ const FAR: Duration = Duration::from_secs(86400 * 365);
 /// is the sleep's own deadline, and the deadlines most connections never
 /// have (a close under way, a drain, an expiring token) are boxed together.
 pub struct Timers {
-    sleep: Pin<Box<Sleep>>,
+    /// The sleep and the wait for cancellation, in one allocation.
+    waits: Pin<Box<Waits>>,
     /// The sleep fired and was not re-armed since: nothing is armed.
     idle: bool,
     rare: Option<Box<Rare>>,
+}
+
+pin_project_lite::pin_project! {
+    /// What an idle connection waits on besides its sockets.
+    struct Waits {
+        #[pin]
+        sleep: Sleep,
+        // Shutdown, or its backend drained or removed.
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+    }
 }
 
 /// Deadlines of a connection's end (or of a token with an expiry).
@@ -47,9 +60,12 @@ struct Rare {
 }
 
 impl Timers {
-    pub fn new(now: Instant, token_expires: Option<Instant>) -> Timers {
+    pub fn new(now: Instant, token_expires: Option<Instant>, cancel: CancellationToken) -> Timers {
         Timers {
-            sleep: Box::pin(tokio::time::sleep_until(now + FAR)),
+            waits: Box::pin(Waits {
+                sleep: tokio::time::sleep_until(now + FAR),
+                cancelled: cancel.cancelled_owned(),
+            }),
             idle: false,
             rare: token_expires.map(|t| {
                 Box::new(Rare {
@@ -66,7 +82,13 @@ impl Timers {
 
     /// Whether the sleep has fired; registers the task's waker when not.
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+        self.waits.as_mut().project().sleep.poll(cx).is_ready()
+    }
+
+    /// Whether the connection's token was cancelled; registers the task's
+    /// waker when not.
+    pub fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> bool {
+        self.waits.as_mut().project().cancelled.poll(cx).is_ready()
     }
 
     /// The armed deadline passed: nothing is armed until `arm` again.
@@ -123,10 +145,11 @@ impl Timers {
         if next <= now {
             return true;
         }
-        if self.idle || next < self.sleep.deadline() {
+        if self.idle || next < self.waits.sleep.deadline() {
             self.idle = false;
-            self.sleep.as_mut().reset(next);
-            return self.sleep.as_mut().poll(cx).is_ready();
+            let mut sleep = self.waits.as_mut().project().sleep;
+            sleep.as_mut().reset(next);
+            return sleep.poll(cx).is_ready();
         }
         false
     }
