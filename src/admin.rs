@@ -190,16 +190,20 @@ fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 
 fn backends_json(shared: &Shared) -> String {
     let snap = shared.snapshot.load();
-    let health = &snap.config.health;
     let list: Vec<_> = snap
         .backends
         .iter()
         .zip(&snap.config.backends)
-        .map(|(b, bc)| {
+        .zip(&snap.routes.pool_of)
+        .map(|((b, bc), &p)| {
+            // Each backend under its own pool's health settings.
+            let health = &snap.pool(p).settings.health;
             serde_json::json!({
                 "name": b.name,
                 "url": b.url.raw,
                 "weight": bc.weight,
+                "pool": bc.pool,
+                "pool_panic": snap.panic_mode(p),
                 "up": b.routable(health),
                 "checks": {"ws": b.check_label(health, Check::Ws), "http": b.check_label(health, Check::Http)},
                 "draining": b.is_draining(),

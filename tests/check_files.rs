@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use common::binary::check;
 use common::named::TestBackend;
 use common::*;
 use rcgen::{CertificateParams, KeyPair};
@@ -61,21 +62,6 @@ const HEAD: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.
 
 fn backend(url: &str) -> String {
     format!("[[backends]]\nname = \"b1\"\nurl = \"{url}\"\n")
-}
-
-/// Runs `wsgate check -c FILE`; returns (exit code, stdout + stderr).
-fn check(config: &Path) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["check", "-c"])
-        .arg(config)
-        .output()
-        .expect("run wsgate check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 /// The 1-based line of the first line of `text` starting with `prefix`.

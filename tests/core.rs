@@ -499,18 +499,28 @@ async fn graceful_shutdown_sends_1001_to_fifty_clients() {
         next_msg(&mut c).await;
         clients.push(c);
     }
-    let admin = g.admin;
+    let (admin, addr) = (g.admin, g.addr);
     let shutdown = tokio::spawn(g.gw.shutdown());
     // Readiness turns 503 while closing (or the listener is already gone).
     let (status, _, _) = http(admin, "GET", "/readyz").await;
     assert!(status == 503 || status == 0, "readyz {status}");
-    for mut c in clients {
+    for (i, mut c) in clients.into_iter().enumerate() {
         match next_msg(&mut c).await {
             Some(Message::Close(Some(f))) => {
                 assert_eq!(u16::from(f.code), 1001);
                 assert_eq!(f.reason, "gateway shutting down");
             }
             other => panic!("expected close 1001, got {other:?}"),
+        }
+        if i == 0 {
+            // The listening sockets were closed before any 1001 went out:
+            // a client that reconnects at once is refused (and retries, or
+            // reaches the next process), not queued in a backlog that is
+            // about to be reset.
+            let e = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect_err("still listening after the first 1001");
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
         }
     }
     tokio::time::timeout(WAIT, shutdown)

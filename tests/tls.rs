@@ -256,3 +256,51 @@ async fn wss_backend_verified_against_ca_file() {
     .await;
     assert_eq!(raw_request(g.addr, "/", "").await.0, 101);
 }
+
+/// The gateway picks TLS 1.3's AES-128-GCM-SHA256 even when the client
+/// lists AES-256-GCM-SHA384 first (rustls and OpenSSL clients do): its key
+/// schedule's SHA-256 runs on the CPU's SHA extensions (src/tls.rs). A
+/// client offering only AES-256 still gets it.
+#[tokio::test]
+async fn the_server_prefers_aes_128_gcm_and_accepts_the_others() {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let (b, _) = echo_backend().await;
+    let p = pki();
+    let g = gateway(&tls_config(b, &p)).await;
+    let first = |c: &rustls::ClientConnection| c.negotiated_cipher_suite().map(|s| s.suite());
+
+    let ring = rustls::crypto::ring::default_provider();
+    assert_eq!(ring.cipher_suites[0].suite(), TLS13_AES_256_GCM_SHA384);
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let tls = connector(&p.ca_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(first(tls.get_ref().1), Some(TLS13_AES_128_GCM_SHA256));
+
+    let mut only_256 = ring;
+    only_256
+        .cipher_suites
+        .retain(|s| s.suite() == TLS13_AES_256_GCM_SHA384);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&p.ca_pem) {
+        roots.add(c).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(only_256))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(g.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(first(tls.get_ref().1), Some(TLS13_AES_256_GCM_SHA384));
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
+        .await
+        .unwrap();
+    ws.send(Message::text("aes-256")).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    assert!(matches!(reply, Some(Ok(Message::Text(t))) if t.as_str() == "aes-256"));
+}

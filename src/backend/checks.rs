@@ -36,15 +36,15 @@ use crate::metrics::{Check, Metrics};
 
 const PING_PAYLOAD: &[u8] = b"wsgate-health";
 
-/// Starts the checks of `backends` under `token` (cancelled on reload and
-/// shutdown), and sets the gauges for the checks `cfg` turns on or off.
-pub fn spawn(
-    backends: &[Arc<Backend>],
-    cfg: &HealthConfig,
+/// Starts the checks of each backend, with the health settings of its
+/// pool, under `token` (cancelled on reload and shutdown), and sets the
+/// gauges for the checks those settings turn on or off.
+pub fn spawn<'a>(
+    backends: impl IntoIterator<Item = (&'a Arc<Backend>, &'a HealthConfig)>,
     metrics: &Arc<Metrics>,
     token: &CancellationToken,
 ) {
-    for b in backends {
+    for (b, cfg) in backends {
         for c in [Check::Http, Check::Ws] {
             metrics
                 .backend_up(&b.name, c)

@@ -1,21 +1,21 @@
 //! Dialing a backend: TCP (with TCP_NODELAY), TLS for wss://, then the
-//! WebSocket upgrade through the shared HTTP/1.1 client exchange. A 101 is
+//! WebSocket upgrade (`upgrade`: one head out, one head in). A 101 is
 //! checked (RFC 6455 section 4.1: the accept key must match); any other
 //! answer is handed back for the client to see.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Empty, Full};
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::either::Either;
 
 use crate::backend::Backend;
-use crate::backend::http1::{self, UpgradeError};
+use crate::backend::upgrade::{self, WireError};
 use crate::config::BackendUrl;
 use crate::tls::{self, Stream};
 
@@ -37,25 +37,12 @@ pub enum DialError {
     },
     #[error("invalid TLS server name {0:?}")]
     ServerName(String),
-    #[error("HTTP exchange failed: {0}")]
-    Http(#[from] hyper::Error),
+    #[error("upgrade exchange failed: {0}")]
+    Exchange(#[from] WireError),
     #[error("backend answered 101 with a wrong Sec-WebSocket-Accept")]
     BadAccept,
-    #[error("upgrade hand-off failed")]
-    Upgrade,
-    #[error("invalid request target {0:?}")]
-    Target(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-}
-
-impl From<UpgradeError> for DialError {
-    fn from(e: UpgradeError) -> DialError {
-        match e {
-            UpgradeError::Http(e) => DialError::Http(e),
-            UpgradeError::HandOff => DialError::Upgrade,
-        }
-    }
 }
 
 /// A backend that accepted the upgrade.
@@ -131,49 +118,47 @@ async fn upgrade(
     path_and_query: &str,
     headers: HeaderMap,
 ) -> Result<Dialed, DialError> {
-    let io = connect(&backend.url, backend.tls()).await?;
+    let mut io = connect(&backend.url, backend.tls()).await?;
     let expected = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()));
     let target = format!("{}{}", backend.url.prefix, path_and_query);
-    let mut req = Request::get(target.as_str())
-        .body(Empty::new())
-        .map_err(|_| DialError::Target(target.clone()))?;
-    *req.headers_mut() = headers;
-    let exchange = http1::send::<Stream>(io, req).await?;
-    let resp = exchange.response();
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (parts, body) = exchange.into_body(MAX_REFUSAL_BODY).await;
+    upgrade::send_request(&mut io, &target, &headers).await?;
+    let mut buf = BytesMut::new();
+    let head = upgrade::read_head(&mut io, &mut buf).await?;
+    if head.status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = upgrade::read_body(&mut io, buf, &head, MAX_REFUSAL_BODY).await;
         let mut out = Response::new(Full::new(body));
-        *out.status_mut() = parts.status;
+        *out.status_mut() = head.status;
         for name in [
             header::CONTENT_TYPE,
             header::WWW_AUTHENTICATE,
             header::RETRY_AFTER,
             header::LOCATION,
         ] {
-            if let Some(v) = parts.headers.get(&name) {
+            if let Some(v) = head.headers.get(&name) {
                 out.headers_mut().insert(name, v.clone());
             }
         }
         return Ok(Dialed::Refused(out));
     }
-    let accept = resp.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+    let mut h = head.headers;
+    let accept = h.get(header::SEC_WEBSOCKET_ACCEPT);
     if accept.map(|v| v.as_bytes()) != expected.as_ref().map(|e| e.as_bytes()) {
         return Err(DialError::BadAccept);
     }
-    let protocol = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    let extensions = resp
-        .headers()
-        .get(header::SEC_WEBSOCKET_EXTENSIONS)
-        .cloned();
-    let topics = resp.headers().get(TOPICS_HEADER).cloned();
-    let (io, pre) = exchange.upgrade().await?;
+    // Frames the backend sent right behind its 101; usually none, and then
+    // the read buffer is not kept.
+    let pre = if buf.is_empty() {
+        Bytes::new()
+    } else {
+        buf.freeze()
+    };
     Ok(Dialed::Upgraded(Upgraded {
         io,
         pre,
-        protocol,
-        extensions,
-        topics,
+        protocol: h.remove(header::SEC_WEBSOCKET_PROTOCOL),
+        extensions: h.remove(header::SEC_WEBSOCKET_EXTENSIONS),
+        topics: h.remove(TOPICS_HEADER),
     }))
 }

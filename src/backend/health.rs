@@ -172,15 +172,15 @@ impl Backend {
 }
 
 /// Envoy's panic mode: whether fewer than `panic_threshold` of the
-/// backends that are not draining pass their checks, in which case routing
+/// backends (of one pool) that are not draining pass their checks, in which case routing
 /// treats them all as up (a health-check outage must not become a full
 /// outage; dial failures still fail over and answer 502).
-pub fn panic_mode(backends: &[std::sync::Arc<Backend>], cfg: &HealthConfig) -> bool {
+pub fn panic_mode<'a>(backends: impl IntoIterator<Item = &'a Backend>, cfg: &HealthConfig) -> bool {
     if cfg.panic_threshold <= 0.0 {
         return false;
     }
     let (mut total, mut passing) = (0usize, 0usize);
-    for b in backends.iter().filter(|b| !b.is_draining()) {
+    for b in backends.into_iter().filter(|b| !b.is_draining()) {
         total += 1;
         passing += b.passes(cfg) as usize;
     }

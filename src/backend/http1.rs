@@ -1,10 +1,11 @@
-//! The one HTTP/1.1 client exchange the gateway makes toward other servers:
-//! a single request on a fresh connection, through hyper's client. Used by
-//! the backend dial (the upgrade), the HTTP health check and forward auth.
+//! The one HTTP/1.1 client exchange the gateway makes toward other servers
+//! outside proxying: a single request on a fresh connection, through
+//! hyper's client. Used by the HTTP health check and forward auth (the
+//! upgrade toward a backend has its own lean exchange, `upgrade`).
 //!
-//! hyper's connection future must be polled for the response to arrive, and
-//! with upgrades on it may finish before the response future is polled
-//! again; that is not a failure. `send` drives both together on the
+//! hyper's connection future must be polled for the response to arrive,
+//! and it may finish before the response future is polled again; that is
+//! not a failure. `send` drives both together on the
 //! caller's task (no extra task per request) and hands back what is left.
 
 use std::future::Future;
@@ -23,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
 
-/// hyper's connection future with upgrades on (its type is not nameable).
+/// hyper's connection future (its type is not nameable).
 type Conn = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
 
 /// A response head, and the connection it came on.
@@ -32,17 +33,8 @@ pub struct Exchange<I: ClientIo> {
     /// `None` once the connection future has finished (its result was
     /// checked: an error would have failed the response too).
     conn: Option<Conn>,
-    /// The socket type the upgrade hands back.
+    /// The socket type `send` was given.
     io: PhantomData<fn() -> I>,
-}
-
-/// Why an upgrade could not be completed after a 101.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    #[error("HTTP exchange failed: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("upgrade hand-off failed")]
-    HandOff,
 }
 
 /// Sends `req` as the only request on a new HTTP/1.1 connection over `io`
@@ -54,7 +46,7 @@ pub async fn send<I: ClientIo>(
     let (mut sender, conn) = http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
         .await?;
-    let mut conn: Conn = Box::pin(conn.with_upgrades());
+    let mut conn: Conn = Box::pin(conn);
     let mut send = pin!(sender.send_request(req));
     let mut conn_done = false;
     let response = loop {
@@ -97,22 +89,5 @@ impl<I: ClientIo> Exchange<I> {
             }
         };
         (parts, body)
-    }
-
-    /// Completes a 101: the socket, and the bytes hyper read past the head.
-    pub async fn upgrade(mut self) -> Result<(I, Bytes), UpgradeError> {
-        let on_upgrade = hyper::upgrade::on(&mut self.response);
-        let upgraded = match self.conn {
-            None => on_upgrade.await,
-            Some(conn) => {
-                let (upgraded, r) = tokio::join!(on_upgrade, conn);
-                r?;
-                upgraded
-            }
-        };
-        let parts = upgraded?
-            .downcast::<TokioIo<I>>()
-            .map_err(|_| UpgradeError::HandOff)?;
-        Ok((parts.io.into_inner(), parts.read_buf))
     }
 }

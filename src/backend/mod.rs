@@ -3,7 +3,8 @@
 //! - `health`: the rise/fall state per check and what routing concludes;
 //! - `checks`: the active HTTP and WebSocket checks that feed it;
 //! - `dial`: TCP, TLS for wss://, and the upgrade;
-//! - `http1`: the one hyper client exchange (dial, checks, forward auth);
+//! - `upgrade`: the upgrade's request and answer on the wire (dial);
+//! - `http1`: the one hyper client exchange (checks, forward auth);
 //! - `pool`: the keep-alive client for plain HTTP requests.
 //!
 //! A `Backend` outlives config reloads that keep it (same name and
@@ -17,11 +18,10 @@ pub mod dial;
 pub mod health;
 pub mod http1;
 pub mod pool;
+pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::ThreadId;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +41,7 @@ pub struct Backend {
     /// Plain HTTP requests, over pooled keep-alive connections: one pool
     /// per shard thread, so a request and the backend connection it uses
     /// run on the same runtime (no cross-thread wake-ups per request).
-    http: Mutex<Vec<(ThreadId, pool::HttpClient)>>,
-    connect_timeout: Duration,
-    /// `host:port` of the URL, for plain HTTP request URIs (the pool's key),
-    /// parsed once.
-    pub http_authority: Option<hyper::http::uri::Authority>,
+    http: pool::HttpPool,
     /// A short std mutex: updated by its health task and by passive
     /// failures, never held across `.await`.
     health: Mutex<Health>,
@@ -58,20 +54,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(
-        config: &BackendConfig,
-        connect_timeout: Duration,
-        root: &CancellationToken,
-    ) -> Result<Backend, TlsError> {
+    pub fn new(config: &BackendConfig, root: &CancellationToken) -> Result<Backend, TlsError> {
         let tls = if config.url.tls {
             Some(tls::client_config(config)?)
         } else {
             None
         };
         Ok(Backend {
-            http: Mutex::new(Vec::new()),
-            connect_timeout,
-            http_authority: config.url.authority().parse().ok(),
+            http: pool::HttpPool::default(),
             name: config.name.clone(),
             url: config.url.clone(),
             tls_source: (config.ca.clone(), config.tls_insecure_skip_verify),
@@ -93,19 +83,6 @@ impl Backend {
 
     pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
         self.tls.as_ref()
-    }
-
-    /// This thread's keep-alive client for plain HTTP requests (built on
-    /// first use; a handful of shard threads, so a short list).
-    pub fn http_client(&self) -> pool::HttpClient {
-        let me = std::thread::current().id();
-        let mut clients = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, c)) = clients.iter().find(|(t, _)| *t == me) {
-            return c.clone();
-        }
-        let c = pool::client(&self.url, self.tls.as_ref(), self.connect_timeout);
-        clients.push((me, c.clone()));
-        c
     }
 
     fn health(&self) -> MutexGuard<'_, Health> {

@@ -1,136 +1,198 @@
-//! The pooled HTTP/1.1 client toward one backend, for plain HTTP requests
-//! (not upgrades, which get a connection of their own in `dial`).
+//! Keep-alive connections toward one backend, for plain HTTP requests (not
+//! upgrades, which get a connection of their own in `dial`).
 //!
-//! hyper-util's legacy `Client` keeps idle keep-alive connections per
-//! backend. Its connector ignores the request URI's host and always dials
-//! this backend (TCP with TCP_NODELAY, TLS for a wss:// URL), so the URI
-//! only carries the path and the pool key.
+//! Each shard thread keeps its own idle connections (hyper's low-level
+//! HTTP/1.1 client: one `SendRequest` per connection, its connection future
+//! a task on the same runtime), so a request and the backend connection it
+//! uses never wake another thread. A connection is lent to one request
+//! ([`Lease`]) and comes back when the response body has been read to its
+//! end; a response cut short closes it.
+//!
+//! Written over hyper's connection API rather than hyper-util's pooled
+//! `Client`: that client spawns a task per request to watch for the
+//! connection becoming idle, keys its pool by a hashed URI authority under
+//! a mutex shared by every thread, and wants absolute URIs built for it;
+//! a gateway knows the backend already and gets the connection back at
+//! the end of the body it streams.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::Uri;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
 
+use crate::backend::Backend;
 use crate::backend::dial::{self, DialError};
-use crate::config::BackendUrl;
-use crate::tls::Stream;
 
-/// Idle keep-alive connections to a backend close after this long (below
-/// the usual 60-75 s of backend servers, so the gateway closes first and
-/// never writes into a connection the backend is closing).
+/// Idle keep-alive connections close after this long (below the usual
+/// 60-75 s of backend servers, so the gateway closes first and never writes
+/// into a connection the backend is closing).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// Idle connections kept per backend.
+/// Idle connections kept per backend and shard thread.
 const POOL_MAX_IDLE: usize = 256;
 
-/// The client for one backend's plain HTTP requests.
-pub type HttpClient = Client<BackendConnector, UpstreamBody>;
+/// A backend's idle connections, per shard thread (a handful: a short
+/// list, each under one short lock that is never held across `.await`).
+#[derive(Default)]
+pub struct HttpPool {
+    idle: Mutex<Vec<(ThreadId, VecDeque<Idle>)>>,
+}
 
-/// Builds the client with its keep-alive pool.
-pub fn client(
-    url: &BackendUrl,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+struct Idle {
+    tx: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl HttpPool {
+    fn lock(&self) -> MutexGuard<'_, Vec<(ThreadId, VecDeque<Idle>)>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used live connection of this thread, if any;
+    /// expired and closed ones are dropped on the way.
+    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        let me = std::thread::current().id();
+        let now = Instant::now();
+        let mut all = self.lock();
+        let (_, idle) = all.iter_mut().find(|(t, _)| *t == me)?;
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) > POOL_IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        // Newest first: the warmest connection, and the one least likely
+        // to be closed by the backend's own idle timeout.
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].tx.is_ready() {
+                return idle.remove(i).map(|x| x.tx);
+            }
+            if idle[i].tx.is_closed() {
+                idle.remove(i);
+            }
+            // Else it is still finishing its last response: left for later.
+        }
+        None
+    }
+
+    fn checkin(&self, tx: SendRequest<UpstreamBody>) {
+        if tx.is_closed() {
+            return;
+        }
+        let me = std::thread::current().id();
+        let mut all = self.lock();
+        let idle = match all.iter().position(|(t, _)| *t == me) {
+            Some(i) => &mut all[i].1,
+            None => {
+                all.push((me, VecDeque::new()));
+                &mut all.last_mut().expect("just pushed").1
+            }
+        };
+        if idle.len() >= POOL_MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            tx,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// A backend connection lent to one request; given back when its response
+/// body has ended ([`Lease::give_back`]), closed if dropped.
+pub struct Lease {
+    tx: SendRequest<UpstreamBody>,
+    backend: Arc<Backend>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection may carry another.
+    pub fn give_back(self) {
+        self.backend.http.checkin(self.tx);
+    }
+}
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection: nothing of the request was sent.
+    #[error("{0}")]
+    Connect(#[from] DialError),
+    #[error("HTTP/1.1 handshake: {0}")]
+    Handshake(hyper::Error),
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+impl SendError {
+    /// Nothing of the request reached the backend (another may take it).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_) | SendError::Handshake(_))
+    }
+}
+
+/// Sends `req` (origin-form URI, Host set) to `backend` over one of this
+/// thread's idle connections, or a new one dialed within
+/// `connect_timeout`, and waits for the response head.
+pub async fn send(
+    backend: &Arc<Backend>,
+    mut req: Request<UpstreamBody>,
     connect_timeout: Duration,
-) -> HttpClient {
-    let connector = BackendConnector {
-        url: Arc::new(url.clone()),
-        tls: tls.cloned(),
-        connect_timeout,
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        // The client's Host header is forwarded as sent.
-        .set_host(false)
-        .build(connector)
-}
-
-/// Dials one backend, whatever the URI says.
-#[derive(Clone)]
-pub struct BackendConnector {
-    url: Arc<BackendUrl>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    connect_timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for BackendConnector {
-    type Response = PooledIo;
-    type Error = DialError;
-    type Future = Pin<Box<dyn Future<Output = Result<PooledIo, DialError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), DialError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let (url, tls, timeout) = (self.url.clone(), self.tls.clone(), self.connect_timeout);
-        Box::pin(async move {
-            let io = tokio::time::timeout(timeout, dial::connect(&url, tls.as_ref()))
-                .await
-                .map_err(|_| DialError::Timeout(timeout))??;
-            Ok(PooledIo(TokioIo::new(io)))
-        })
+) -> Result<(Response<Incoming>, Lease), SendError> {
+    loop {
+        let (mut tx, pooled) = match backend.http.checkout() {
+            Some(tx) => (tx, true),
+            None => (connect(backend, connect_timeout).await?, false),
+        };
+        match tx.try_send_request(req).await {
+            Ok(resp) => {
+                let lease = Lease {
+                    tx,
+                    backend: backend.clone(),
+                };
+                return Ok((resp, lease));
+            }
+            Err(mut e) => match e.take_message() {
+                // A pooled connection closed under us before the request
+                // was written: the request goes out on another.
+                Some(back) if pooled => req = back,
+                _ => return Err(SendError::Http(e.into_error())),
+            },
+        }
     }
 }
 
-/// A backend connection as the pool holds it.
-pub struct PooledIo(TokioIo<Stream>);
-
-impl Connection for PooledIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for PooledIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for PooledIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
+/// A new connection to `backend`, its connection future a task of this
+/// thread's runtime (it ends when the connection closes).
+async fn connect(
+    backend: &Backend,
+    timeout: Duration,
+) -> Result<SendRequest<UpstreamBody>, SendError> {
+    let io = tokio::time::timeout(timeout, dial::connect(&backend.url, backend.tls()))
+        .await
+        .map_err(|_| DialError::Timeout(timeout))??;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "backend keep-alive connection ended");
+        }
+    });
+    Ok(tx)
 }
 
 /// Where a client's request body waits until the backend request polls it.

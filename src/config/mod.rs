@@ -8,6 +8,7 @@
 //! are read by `tls`, so a reload re-reads them too).
 
 pub mod cluster;
+mod pools;
 mod schema;
 mod spans;
 mod types;
@@ -16,10 +17,11 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use pools::PoolSettings;
 pub use schema::{
     AdminConfig, AuthConfig, AuthMode, BackendConfig, Config, DEFAULT_POOL, DeflateMode,
-    HealthConfig, HeartbeatConfig, LimitsConfig, LogConfig, LogFormat, RejectWith, ResumeConfig,
-    RouteConfig, RouteOn, RoutingConfig, Serve, ServerConfig, TlsConfig,
+    HealthConfig, HeartbeatConfig, HostHeader, LimitsConfig, LogConfig, LogFormat, RejectWith,
+    ResumeConfig, RouteConfig, RouteOn, RoutingConfig, Serve, ServerConfig, TlsConfig,
 };
 pub use types::{BackendUrl, Dur, Listen, Source, parse_duration};
 pub use validate::MIN_REQUEST_HEAD_BYTES;
@@ -95,17 +97,32 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| from_toml(text, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| from_toml(text, &e))?;
         validate::config(&config).map_err(|inv| from_invalid(text, inv))?;
+        // After the top-level sections: a pool's settings start from them.
+        pools::resolve(text, &mut config)?;
         Ok(config)
     }
 
     /// Settings that are valid but switch a promise off: `wsgate check`
     /// prints these (one sentence each) and still succeeds.
     pub fn warnings(&self) -> Vec<String> {
+        // The top level, and each pool that sets the mode itself (the
+        // others inherit the top level's and its warning).
+        let mut sections = vec![("limits".to_string(), &self.limits)];
+        sections.extend(self.pool_overrides.iter().filter_map(|(name, p)| {
+            let written = self
+                .pools
+                .get(name)?
+                .get("limits")?
+                .get("permessage_deflate");
+            written.map(|_| (format!("pools.{name}.limits"), &p.limits))
+        }));
         let mut w = Vec::new();
-        let l = &self.limits;
-        if l.permessage_deflate == DeflateMode::Passthrough {
+        for (section, l) in sections {
+            if l.permessage_deflate != DeflateMode::Passthrough {
+                continue;
+            }
             let mut off = vec!["max_message_bytes counts compressed bytes"];
             if l.validate_utf8 {
                 off.push("validate_utf8");
@@ -117,7 +134,7 @@ impl Config {
                 off.push("app_ping");
             }
             w.push(format!(
-                "config key `limits.permessage_deflate` is \"passthrough\": for compressed messages {} {} off",
+                "config key `{section}.permessage_deflate` is \"passthrough\": for compressed messages {} {} off",
                 off.join(", "),
                 if off.len() == 1 { "is the only limit, the inflated size is" } else { "are" },
             ));

@@ -3,8 +3,11 @@
 //! (`deny_unknown_fields`), so a typo never silently falls back to a
 //! default. Cross-key rules live in `validate`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
+use crate::config::pools::PoolSettings;
 use crate::config::types::{BackendUrl, Dur, Listen, Source};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +37,16 @@ pub struct Config {
     pub resume: ResumeConfig,
     #[serde(default)]
     pub cluster: crate::config::cluster::ClusterConfig,
+    /// `[pools.NAME]` as written: per pool, sub-tables named like the
+    /// top-level sections whose keys override theirs (`config::pools`
+    /// checks them; raw here, so every error can name `pools.NAME.x.y`).
+    #[serde(default)]
+    pub pools: BTreeMap<String, toml::Table>,
+    /// The settings in effect of each pool that has a `[pools.NAME]`
+    /// section, filled by `Config::parse`; other pools use the top-level
+    /// sections as they are ([`Config::pool_settings`]).
+    #[serde(skip)]
+    pub pool_overrides: BTreeMap<String, PoolSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +146,25 @@ pub struct RoutingConfig {
     /// Secret signing the affinity cookie; "" = a random key per process.
     #[serde(default)]
     pub affinity_key: String,
+    /// The `Host` header toward the backend.
+    #[serde(default)]
+    pub host_header: HostHeader,
+}
+
+/// The `Host` header the backend gets (`[routing] host_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeader {
+    /// Plain HTTP: the client's `Host`; upgrades: the backend URL's
+    /// `host:port` (what wsgate did before the key existed).
+    #[default]
+    Auto,
+    /// The client's `Host` (nginx: `proxy_set_header Host $host`), for
+    /// plain HTTP and upgrades.
+    Client,
+    /// The backend URL's `host:port` (nginx's default for `proxy_pass`):
+    /// virtual-hosted backends.
+    Backend,
 }
 
 impl Default for RoutingConfig {
@@ -146,6 +178,7 @@ impl Default for RoutingConfig {
             response_timeout: default_response_timeout(),
             affinity_cookie: default_affinity_cookie(),
             affinity_key: String::new(),
+            host_header: HostHeader::Auto,
         }
     }
 }
@@ -490,7 +523,7 @@ fn default_response_timeout() -> Dur {
 fn default_affinity_cookie() -> String {
     "wsgate_affinity".into()
 }
-fn default_max_request_body_bytes() -> u64 {
+pub(super) fn default_max_request_body_bytes() -> u64 {
     10 << 20
 }
 /// The pool of backends without a `pool` key, and of requests no route matches.

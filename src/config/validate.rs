@@ -310,7 +310,7 @@ fn routes(c: &Config) -> Check {
     Ok(())
 }
 
-fn routing(r: &RoutingConfig) -> Check {
+pub(super) fn routing(r: &RoutingConfig) -> Check {
     if r.client_id.contains(&Source::FirstMessage) {
         return Err(invalid(
             "routing",
@@ -373,7 +373,7 @@ fn routing(r: &RoutingConfig) -> Check {
     Ok(())
 }
 
-fn health(h: &HealthConfig) -> Check {
+pub(super) fn health(h: &HealthConfig) -> Check {
     if h.fall == 0 || h.rise == 0 {
         let key = if h.fall == 0 { "fall" } else { "rise" };
         return Err(invalid("health", key, "must be at least 1"));
@@ -475,7 +475,7 @@ fn heartbeat(hb: &HeartbeatConfig) -> Check {
     Ok(())
 }
 
-fn limits(l: &LimitsConfig) -> Check {
+pub(super) fn limits(l: &LimitsConfig) -> Check {
     if l.max_message_bytes == 0 {
         return Err(invalid("limits", "max_message_bytes", "must be at least 1"));
     }

@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::auth::Admitted;
+use crate::config::HostHeader;
 use crate::request;
 
 /// `Sec-WebSocket-Accept` for a key (RFC 6455 section 4.2.2), computed by
@@ -37,6 +38,20 @@ pub fn upstream_path<B>(req: &Request<B>, admitted: &Admitted) -> String {
         }
         (Some(q), None) => format!("{path}?{q}"),
         (None, _) => path.to_string(),
+    }
+}
+
+/// The `Host` an upgrade carries to the backend (`[routing]
+/// host_header`): the backend URL's `host:port` (`backend`), or the
+/// client's own (`client`; the backend's when the client's is not text).
+pub fn upstream_host<'a, B>(req: &'a Request<B>, backend: &'a str, mode: HostHeader) -> &'a str {
+    match mode {
+        HostHeader::Client => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(backend),
+        HostHeader::Auto | HostHeader::Backend => backend,
     }
 }
 
@@ -108,19 +123,19 @@ pub fn upstream_headers<B>(
 /// plain HTTP.
 fn set_forwarded(h: &mut HeaderMap, src: &HeaderMap, peer: IpAddr, tls: bool) {
     let peer_ip = peer.to_string();
-    let xff = match src.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match src.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer_ip}"),
         _ => peer_ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(host) = src.get(header::HOST) {
-        h.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+        h.insert(X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -150,47 +165,63 @@ pub fn switching_protocols<B>(
     resp
 }
 
-/// Hop-by-hop headers of a plain HTTP message (RFC 9110 section 7.6.1),
-/// never passed on in either direction. `Trailer` is end to end and kept:
-/// hyper sends only the trailer fields it names. `Content-Length` is left
-/// kept: it is the body's length end to end (and a HEAD answer's).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    // hyper's server answers `Expect: 100-continue` itself, when the body
-    // is first read (that is, once the backend request streams it).
-    "expect",
-];
+/// Whether `n` is a hop-by-hop header of a plain HTTP message (RFC 9110
+/// section 7.6.1), never passed on in either direction. `Trailer` is end
+/// to end and kept: hyper sends only the trailer fields it names.
+/// `Content-Length` is kept: it is the body's length end to end (and a
+/// HEAD answer's). `Expect` too is the gateway's: hyper's server answers
+/// `100-continue` itself when the body is first read (that is, once the
+/// backend request streams it). Standard names compare as enum values, so
+/// this costs no parsing per request.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::EXPECT
+        || n == header::PROXY_AUTHENTICATE
+        || n == header::PROXY_AUTHORIZATION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
 
-/// Removes hop-by-hop headers, and the ones a `Connection` header names.
-pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The header names a `Connection` header lists (hop-by-hop too).
+fn named_by_connection(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+        .collect()
+}
+
+/// Removes hop-by-hop headers, and the ones a `Connection` header names.
+pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    // Usually only `Connection: keep-alive` or nothing: look before
+    // removing.
+    let found: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    if found.is_empty() {
+        return;
+    }
+    for n in named_by_connection(h) {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for n in found {
+        h.remove(n);
     }
 }
 
 /// A plain HTTP request's headers for the backend: end-to-end headers as
 /// sent, `Host` as the client sent it, `X-Forwarded-*` as for upgrades,
 /// and `TE: trailers` when the client accepts trailers (so the backend may
-/// send them).
+/// send them). Built in one pass over the client's headers.
 pub fn proxy_request_headers(src: &HeaderMap, peer: IpAddr, tls: bool) -> HeaderMap {
-    let mut h = src.clone();
     let te_trailers = src
         .get_all(header::TE)
         .iter()
@@ -199,9 +230,23 @@ pub fn proxy_request_headers(src: &HeaderMap, peer: IpAddr, tls: bool) -> Header
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    remove_hop_by_hop(&mut h);
-    h.remove("x-forwarded-proto");
-    h.remove("x-forwarded-host");
+    let named = if src.contains_key(header::CONNECTION) {
+        named_by_connection(src)
+    } else {
+        Vec::new()
+    };
+    let mut h = HeaderMap::with_capacity(src.len() + 3);
+    for (name, value) in src {
+        if is_hop_by_hop(name)
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || named.contains(name)
+        {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }

@@ -22,13 +22,12 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::backend::pool::{BodySlot, UpstreamBody};
-use crate::config::Serve;
+use crate::backend::pool::{self, BodySlot, Lease, UpstreamBody};
+use crate::config::{HostHeader, Serve};
 use crate::conn::headers;
 use crate::conn::reject::Reject;
 use crate::conn::{ConnCtx, pick};
@@ -120,7 +119,7 @@ pub async fn proxy(
         .as_ref()
         .map_or_else(|| Arc::from(NO_ROUTE), |r| r.label.clone());
     match forward(req, ctx, snap, route).await {
-        Ok((resp, backend)) => {
+        Ok((resp, backend, lease)) => {
             let (mut parts, body) = resp.into_parts();
             headers::remove_hop_by_hop(&mut parts.headers);
             let log = Finish {
@@ -138,6 +137,7 @@ pub async fn proxy(
                     body,
                     bytes: 0,
                     log: Some(log),
+                    lease: Some(lease),
                 }),
             )
         }
@@ -178,7 +178,7 @@ async fn forward(
     ctx: &ConnCtx,
     snap: &Snapshot,
     route: Option<Route>,
-) -> Result<(Response<Incoming>, Arc<Backend>), HttpError> {
+) -> Result<(Response<Incoming>, Arc<Backend>, Lease), HttpError> {
     if let Some(r) = &ctx.precheck {
         return Err(r.clone().into());
     }
@@ -191,7 +191,8 @@ async fn forward(
         // A reverse proxy is not a forward proxy.
         return Err(HttpError::Method);
     }
-    let limit = snap.config.server.max_request_body_bytes;
+    let pool = snap.pool(route.pool);
+    let limit = pool.settings.max_request_body_bytes;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -199,7 +200,7 @@ async fn forward(
     if limit > 0 && declared.is_some_and(|n| n > limit) {
         return Err(HttpError::TooLarge);
     }
-    let routing = &snap.config.routing;
+    let routing = &pool.settings.routing;
     let explicit = request::find_value(&req, &routing.client_id).map(|(_, v)| v);
     let id_from_peer = explicit.is_none();
     let client_id = explicit.unwrap_or_else(|| ctx.peer.ip().to_string());
@@ -222,8 +223,9 @@ async fn forward(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
-        if !head.contains_key(header::HOST) {
-            // An HTTP/1.0 client may send none; HTTP/1.1 backends need one.
+        if routing.host_header == HostHeader::Backend || !head.contains_key(header::HOST) {
+            // `host_header = "backend"`; or an HTTP/1.0 client sent none
+            // (HTTP/1.1 backends need one).
             if let Ok(v) = HeaderValue::from_str(&backend.url.authority()) {
                 head.insert(header::HOST, v);
             }
@@ -234,17 +236,18 @@ async fn forward(
         } else {
             head.clone()
         };
-        match tokio::time::timeout(timeout, backend.http_client().request(up)).await {
-            Ok(Ok(mut resp)) => {
+        let connect_timeout = routing.connect_timeout.get();
+        match tokio::time::timeout(timeout, pool::send(backend, up, connect_timeout)).await {
+            Ok(Ok((mut resp, lease))) => {
                 if id_from_peer {
                     set_affinity(snap, backend, cookie, ctx.tls, resp.headers_mut());
                 }
-                return Ok((resp, backend.clone()));
+                return Ok((resp, backend.clone(), lease));
             }
             Ok(Err(_)) if slot.over_limit() => return Err(HttpError::TooLarge),
             Ok(Err(e)) if e.is_connect() && slot.untouched() => {
                 tracing::warn!(backend = %backend.name, error = %e, "backend connect failed");
-                backend.passive_failure(&snap.config.health, &ctx.shared.metrics);
+                backend.passive_failure(&pool.settings.health, &ctx.shared.metrics);
                 last_error = format!("{}: {e}", backend.name);
             }
             Ok(Err(e)) => {
@@ -257,21 +260,14 @@ async fn forward(
     Err(HttpError::Unreachable(last_error))
 }
 
-/// `http://host:port/prefix/path?query` for `backend` (the scheme and
-/// authority only key its pool: its connector knows where to dial).
+/// The origin-form target for `backend`: its URL's path prefix, then the
+/// client's path and query.
 fn upstream_uri(backend: &Backend, client: &Uri) -> Option<Uri> {
     let pq = client.path_and_query().map_or("/", |p| p.as_str());
-    let path = if backend.url.prefix.is_empty() {
-        client.path_and_query().cloned()
-    } else {
-        format!("{}{pq}", backend.url.prefix).parse().ok()
-    };
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(backend.http_authority.clone()?)
-        .path_and_query(path.unwrap_or_else(|| PathAndQuery::from_static("/")))
-        .build()
-        .ok()
+    if backend.url.prefix.is_empty() {
+        return Uri::try_from(pq).ok();
+    }
+    Uri::try_from(format!("{}{pq}", backend.url.prefix)).ok()
 }
 
 /// Puts the backend a valid affinity cookie names first, while it is in
@@ -285,7 +281,8 @@ pub(super) fn prefer_cookie(
 ) -> Option<usize> {
     let i = snap.affinity.backend_of(h)?;
     let b = snap.backends.get(i)?;
-    if snap.routes.pools[pool].members.contains(&i) && b.routable(&snap.config.health) {
+    let pool = snap.pool(pool);
+    if pool.members.contains(&i) && b.routable(&pool.settings.health) {
         let max = candidates.len();
         candidates.retain(|c| !Arc::ptr_eq(c, b));
         candidates.insert(0, b.clone());
@@ -347,17 +344,26 @@ impl Finish {
 
 /// A backend's response body on its way to the client, frame by frame
 /// (data and trailers), counting bytes; logs the request when it ends or
-/// when the client goes away.
+/// when the client goes away. Its backend connection goes back to the pool
+/// once the body has ended, and closes if the client left before.
 pub struct Downstream {
     body: Incoming,
     bytes: u64,
     log: Option<Finish>,
+    lease: Option<Lease>,
 }
 
 impl Downstream {
-    fn finish(&mut self) {
+    /// `ended`: the body said it ended. A length-framed body also ends with
+    /// its last byte, and hyper may not poll it again after that.
+    fn finish(&mut self, ended: bool) {
         if let Some(log) = self.log.take() {
             log.log(self.bytes);
+        }
+        if (ended || self.body.is_end_stream())
+            && let Some(lease) = self.lease.take()
+        {
+            lease.give_back();
         }
     }
 }
@@ -378,7 +384,8 @@ impl HttpBody for Downstream {
                     this.bytes += d.len() as u64;
                 }
             }
-            Poll::Ready(_) => this.finish(),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Pending => {}
         }
         r
@@ -395,6 +402,6 @@ impl HttpBody for Downstream {
 
 impl Drop for Downstream {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(false);
     }
 }

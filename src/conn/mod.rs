@@ -139,7 +139,7 @@ async fn upgrade(
         return Ok(respond_101(req, ctx, snap, None, None, next, started));
     }
     if let Some(offer) = offer
-        && resumable::granted(snap, &admitted)
+        && resumable::granted(snap, req, &admitted)
     {
         return resumable::start(req, ctx, snap, admitted, offer, started).await;
     }
@@ -175,7 +175,9 @@ async fn admit<B>(req: &Request<B>, ctx: &ConnCtx, snap: &Snapshot) -> Result<Ad
 /// the peer's address.
 fn fill_client_id<B>(admitted: &mut Admitted, req: &Request<B>, ctx: &ConnCtx, snap: &Snapshot) {
     if admitted.client_id.is_empty() {
-        match request::find_value(req, &snap.config.routing.client_id) {
+        // The sources of the pool the request is routed to.
+        let pool = http::route(snap, req).map_or(0, |r| r.pool);
+        match request::find_value(req, &snap.pool(pool).settings.routing.client_id) {
             Some((_, id)) => admitted.client_id = id,
             None => {
                 admitted.client_id = ctx.peer.ip().to_string();
@@ -203,7 +205,7 @@ async fn connect<B>(
     }
     let mut connected = dial(req, ctx, snap, admitted, &candidates).await?;
     if let Connected::Upgraded(_, up) = &mut connected {
-        let mode = snap.config.limits.permessage_deflate;
+        let mode = snap.pool(route.pool).settings.limits.permessage_deflate;
         up.extensions = extensions::answer_deflate(up.extensions.take(), mode);
     }
     Ok(connected)
@@ -218,14 +220,14 @@ enum Connected {
 
 /// Phase 2: the backends of `pool` to try, in ring order.
 fn pick(snap: &Snapshot, pool: usize, client_id: &str) -> Result<Vec<Arc<Backend>>, Reject> {
-    let routing = &snap.config.routing;
-    let panic = snap.panic_mode();
-    let pool = &snap.routes.pools[pool];
+    let panic = snap.panic_mode(pool);
+    let pool = snap.pool(pool);
+    let routing = &pool.settings.routing;
     let backend = |i: usize| &snap.backends[pool.members[i]];
     let order = pool.ring.pick(
         client_id,
         1 + routing.connect_retries as usize,
-        |i| backend(i).routable_in(&snap.config.health, panic),
+        |i| backend(i).routable_in(&pool.settings.health, panic),
         |i| backend(i).active(),
         routing.load_factor,
     );
@@ -246,22 +248,19 @@ async fn dial<B>(
     let path = headers::upstream_path(req, admitted);
     let mut last_error = String::new();
     for backend in candidates {
-        let h = headers::upstream_headers(
-            req,
-            ctx.peer.ip(),
-            ctx.tls,
-            &backend.url.authority(),
-            admitted,
-        );
+        let settings = &snap.pool_of(backend).settings;
+        let authority = backend.url.authority();
+        let host = headers::upstream_host(req, &authority, settings.routing.host_header);
+        let h = headers::upstream_headers(req, ctx.peer.ip(), ctx.tls, host, admitted);
         let mut h = h;
-        extensions::offer_deflate(&mut h, snap.config.limits.permessage_deflate);
-        let timeout = snap.config.routing.connect_timeout.get();
+        extensions::offer_deflate(&mut h, settings.limits.permessage_deflate);
+        let timeout = settings.routing.connect_timeout.get();
         match dial::dial(backend, &path, h, timeout).await {
             Ok(Dialed::Upgraded(u)) => return Ok(Connected::Upgraded(backend.clone(), u)),
             Ok(Dialed::Refused(resp)) => return Ok(Connected::Refused(resp)),
             Err(e) => {
                 tracing::warn!(backend = %backend.name, error = %e, "backend dial failed");
-                backend.passive_failure(&snap.config.health, &ctx.shared.metrics);
+                backend.passive_failure(&settings.health, &ctx.shared.metrics);
                 last_error = format!("{}: {e}", backend.name);
             }
         }
@@ -396,7 +395,7 @@ fn respond_101(
                 let start = SessionStart {
                     registry: ctx.shared.resume.clone(),
                     metrics: ctx.shared.metrics.clone(),
-                    policy: snap.policy.clone(),
+                    policy: snap.pool_of(&backend).policy.clone(),
                     config: snap.config.resume.clone(),
                     owner,
                     protocol,
@@ -503,9 +502,10 @@ fn start_relay(
     started: Instant,
 ) {
     let metrics = ctx.shared.metrics.clone();
+    let pool = snap.pool_of(&backend);
     let (deflate, inspect) = extensions::deflate_session(
         up.extensions.as_ref(),
-        snap.config.limits.permessage_deflate,
+        pool.settings.limits.permessage_deflate,
     );
     let session = Session {
         deflate,
@@ -520,7 +520,7 @@ fn start_relay(
         client_pre,
         up.io,
         up.pre,
-        snap.policy.clone(),
+        pool.policy.clone(),
         metrics,
         session,
     );

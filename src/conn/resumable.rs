@@ -55,8 +55,11 @@ pub(super) fn offer<B>(req: &mut Request<B>, snap: &Snapshot) -> Option<resume::
 /// client then gets a plain link: no hello). `app_ping` does not stand in
 /// the way: wsgate clients use the `\0ping` control message on a
 /// resumable link instead.
-pub(super) fn granted(snap: &Snapshot, admitted: &Admitted) -> bool {
-    let p = &snap.policy;
+pub(super) fn granted<B>(snap: &Snapshot, req: &Request<B>, admitted: &Admitted) -> bool {
+    // The policy of the pool the upgrade is routed to.
+    let p = &snap
+        .pool(super::http::route(snap, req).map_or(0, |r| r.pool))
+        .policy;
     let r = &p.rate;
     admitted.refuse_with_close.is_none()
         && !admitted.token_in_first_message

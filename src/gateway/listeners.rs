@@ -83,7 +83,7 @@ pub fn run_shard(
             }
         }
         for l in listeners {
-            tokio::spawn(accept_loop(shared.clone(), l));
+            shared.listening.spawn(accept_loop(shared.clone(), l));
         }
         let _ = ready.send(Ok(()));
         exit.cancelled().await;
@@ -95,7 +95,7 @@ pub fn run_shard(
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.stop_listening.cancelled() => return,
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {

@@ -103,8 +103,7 @@ impl Gateway {
         {
             let snap = shared.snapshot.load();
             checks::spawn(
-                &snap.backends,
-                &snap.config.health,
+                snap.health_checks(),
                 &shared.metrics,
                 &shared.health_token(),
             );
@@ -180,6 +179,8 @@ impl Gateway {
     /// Graceful shutdown (SPEC): readiness 503, listeners closed, close 1001
     /// to every connection, then wait for them up to `shutdown_grace`.
     pub async fn shutdown(self) {
+        /// Bounds the wait for the accept loops (each shard closes its own).
+        const LISTENERS_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
         let grace = self
             .shared
             .snapshot
@@ -189,7 +190,11 @@ impl Gateway {
             .shutdown_grace
             .get();
         self.shared.accepting.store(false, Ordering::Relaxed);
-        // The accept loops end on the root token too.
+        // Listening sockets first (see `Shared::stop_listening`); an accept
+        // loop ends at its next poll, so this wait is short.
+        self.shared.stop_listening.cancel();
+        self.shared.listening.close();
+        let _ = tokio::time::timeout(LISTENERS_CLOSE_WAIT, self.shared.listening.wait()).await;
         self.shared.shutdown.cancel();
         self.shared.tracker.close();
         let drained = tokio::time::timeout(grace, self.shared.tracker.wait())

@@ -25,12 +25,7 @@ pub fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), BuildError> {
         .cloned()
         .collect();
     let health_token = shared.shutdown.child_token();
-    checks::spawn(
-        &next.backends,
-        &next.config.health,
-        &shared.metrics,
-        &health_token,
-    );
+    checks::spawn(next.health_checks(), &shared.metrics, &health_token);
     let old_health = std::mem::replace(
         &mut *shared.health.lock().unwrap_or_else(|p| p.into_inner()),
         health_token,

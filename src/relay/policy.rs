@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, Dur};
+use crate::config::{Config, Dur, LimitsConfig};
 use crate::relay::rate::RateLimit;
 use crate::side::Side;
 
@@ -47,7 +47,13 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy of the top-level `[limits]`.
     pub fn from_config(c: &Config) -> Policy {
+        Policy::with_limits(c, &c.limits)
+    }
+
+    /// The policy of one pool: its own `limits`, the rest from `c`.
+    pub fn with_limits(c: &Config, l: &LimitsConfig) -> Policy {
         let hb = |i: Dur, t: Dur| {
             (!i.is_zero()).then_some(Heartbeat {
                 interval: i.get(),
@@ -55,7 +61,6 @@ impl Policy {
             })
         };
         let h = &c.heartbeat;
-        let l = &c.limits;
         Policy {
             max_message_bytes: l.max_message_bytes,
             validate_utf8: l.validate_utf8,

@@ -38,6 +38,14 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Upgraded connections, awaited by shutdown.
     pub tracker: TaskTracker,
+    /// Ends the accept loops (a child of `shutdown`). Shutdown cancels it
+    /// first and waits for `listening` to empty, so the listening sockets
+    /// are closed before any connection is told 1001: a client reconnecting
+    /// at once is refused here (and retries, or reaches a new process on
+    /// the same port) instead of landing in a backlog about to be reset.
+    pub stop_listening: CancellationToken,
+    /// The accept loops; each owns its listening socket.
+    pub listening: TaskTracker,
     /// False once shutdown starts: `/readyz` answers 503.
     pub accepting: AtomicBool,
     pub caps: Arc<Caps>,
@@ -59,6 +67,8 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             health: Mutex::new(shutdown.child_token()),
+            stop_listening: shutdown.child_token(),
+            listening: TaskTracker::new(),
             shutdown,
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),

@@ -12,15 +12,20 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, DEFAULT_POOL, Serve};
+use crate::config::{Config, DEFAULT_POOL, PoolSettings, Serve};
+use crate::relay::Policy;
 use crate::routing::Ring;
 
-/// The backends of one pool and their ring.
+/// The backends of one pool, their ring, and the settings the pool runs
+/// with (`[pools.NAME]` over the top-level sections).
 pub struct Pool {
     pub name: String,
     /// Indices into the snapshot's backends; ring index i is `members[i]`.
     pub members: Vec<usize>,
     pub ring: Ring,
+    pub settings: PoolSettings,
+    /// The relay policy of its connections (its `limits`).
+    pub policy: Arc<Policy>,
 }
 
 /// A matched route: its pool, what it carries and its metric label.
@@ -61,6 +66,8 @@ struct Entry {
 
 pub struct Routes {
     pub pools: Vec<Pool>,
+    /// The pool of each backend, by index into the snapshot's backends.
+    pub pool_of: Vec<usize>,
     entries: Vec<Entry>,
     /// The default pool's index in `pools`, when it has backends.
     default: Option<usize>,
@@ -81,18 +88,26 @@ impl Routes {
                 let members: Vec<usize> = (0..config.backends.len())
                     .filter(|&i| config.backends[i].pool == *name)
                     .collect();
+                let settings = config.pool_settings(name);
                 let ring = Ring::new(
                     members
                         .iter()
                         .map(|&i| (config.backends[i].name.as_str(), config.backends[i].weight)),
-                    config.routing.vnodes,
+                    settings.routing.vnodes,
                 );
                 Pool {
                     name: name.to_string(),
                     members,
                     ring,
+                    policy: Arc::new(Policy::with_limits(config, &settings.limits)),
+                    settings,
                 }
             })
+            .collect();
+        let pool_of = config
+            .backends
+            .iter()
+            .map(|b| names.iter().position(|n| *n == b.pool).unwrap_or(0))
             .collect();
         let entries = config
             .routes
@@ -118,6 +133,7 @@ impl Routes {
         let default = (!pools[0].members.is_empty()).then_some(0);
         Routes {
             pools,
+            pool_of,
             entries,
             default,
             default_label: DEFAULT_POOL.into(),

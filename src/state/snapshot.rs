@@ -10,10 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, AuthSetupError, OriginPolicy};
 use crate::backend::Backend;
-use crate::config::Config;
-use crate::relay::Policy;
+use crate::config::{Config, HealthConfig};
 use crate::state::affinity::Affinity;
-use crate::state::routes::Routes;
+use crate::state::routes::{Pool, Routes};
 use crate::tls::{self, TlsError};
 
 /// Why a snapshot could not be built from a config: a file the config
@@ -118,10 +117,10 @@ pub struct Snapshot {
     /// In the order of `config.backends`: index i here is index i there and
     /// in the pools' member lists.
     pub backends: Vec<Arc<Backend>>,
-    /// The pools (each with its ring over its members) and the routes to them.
+    /// The pools (each with its ring over its members, its settings and
+    /// its relay policy) and the routes to them.
     pub routes: Routes,
     pub origins: OriginPolicy,
-    pub policy: Arc<Policy>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub auth: Auth,
     /// The affinity cookie's name and backend tags.
@@ -139,6 +138,7 @@ impl Snapshot {
         prev: Option<&Snapshot>,
         root: &CancellationToken,
     ) -> Result<Snapshot, BuildError> {
+        let routes = Routes::new(&config);
         let mut backends = Vec::with_capacity(config.backends.len());
         for (index, bc) in config.backends.iter().enumerate() {
             // A drained backend that is still (or again) configured comes back
@@ -148,21 +148,19 @@ impl Snapshot {
                     .iter()
                     .find(|b| b.same_endpoint(bc) && !b.is_draining())
             });
-            let b = match kept {
-                Some(b) => b.clone(),
-                None => Arc::new(
-                    Backend::new(bc, config.routing.connect_timeout.get(), root).map_err(
-                        |source| BuildError::BackendTls {
+            let b =
+                match kept {
+                    Some(b) => b.clone(),
+                    None => Arc::new(Backend::new(bc, root).map_err(|source| {
+                        BuildError::BackendTls {
                             index,
                             name: bc.name.clone(),
                             source: Box::new(source),
-                        },
-                    )?,
-                ),
-            };
+                        }
+                    })?),
+                };
             backends.push(b);
         }
-        let routes = Routes::new(&config);
         let tls = match &config.server.tls {
             Some(t) => Some(tokio_rustls::TlsAcceptor::from(
                 tls::server_config(t).map_err(|e| BuildError::Tls {
@@ -172,15 +170,16 @@ impl Snapshot {
             )),
             None => None,
         };
+        let auth = Auth::new(&config.auth)?;
+        let admin_token = admin_token(&config.admin)?;
         Ok(Snapshot {
             origins: OriginPolicy::new(
                 &config.server.allowed_origins,
                 config.server.require_origin,
             ),
-            policy: Arc::new(Policy::from_config(&config)),
-            auth: Auth::new(&config.auth)?,
+            auth,
             affinity: Affinity::new(&config),
-            admin_token: admin_token(&config.admin)?,
+            admin_token,
             routes,
             tls,
             backends,
@@ -188,17 +187,46 @@ impl Snapshot {
         })
     }
 
+    /// Pool `i` of the route table (indices come from the table itself;
+    /// anything else gets the default pool, which always exists).
+    pub fn pool(&self, i: usize) -> &Pool {
+        self.routes.pools.get(i).unwrap_or(&self.routes.pools[0])
+    }
+
+    /// The pool backend `b` belongs to: its settings, health rules and
+    /// relay policy apply to `b`.
+    pub fn pool_of(&self, b: &Arc<Backend>) -> &Pool {
+        let i = self.backends.iter().position(|x| Arc::ptr_eq(x, b));
+        self.pool(i.map_or(0, |i| self.routes.pool_of[i]))
+    }
+
+    /// Every backend with the health settings of its pool.
+    pub fn health_checks(&self) -> impl Iterator<Item = (&Arc<Backend>, &HealthConfig)> {
+        self.backends
+            .iter()
+            .zip(&self.routes.pool_of)
+            .map(|(b, &p)| (b, &self.pool(p).settings.health))
+    }
+
     /// Whether at least one backend may be routed to (in panic mode: any
     /// that is not draining).
     pub fn any_routable(&self) -> bool {
-        let panic = self.panic_mode();
-        self.backends
-            .iter()
-            .any(|b| b.routable_in(&self.config.health, panic))
+        (0..self.routes.pools.len()).any(|p| {
+            let panic = self.panic_mode(p);
+            let pool = self.pool(p);
+            pool.members
+                .iter()
+                .any(|&i| self.backends[i].routable_in(&pool.settings.health, panic))
+        })
     }
 
-    /// Whether routing is in panic mode (`[health] panic_threshold`).
-    pub fn panic_mode(&self) -> bool {
-        crate::backend::health::panic_mode(&self.backends, &self.config.health)
+    /// Whether pool `p` routes in panic mode (its `panic_threshold`, over
+    /// its own backends only).
+    pub fn panic_mode(&self, p: usize) -> bool {
+        let pool = self.pool(p);
+        crate::backend::health::panic_mode(
+            pool.members.iter().map(|&i| &*self.backends[i]),
+            &pool.settings.health,
+        )
     }
 }

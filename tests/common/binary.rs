@@ -66,3 +66,18 @@ impl Binary {
         }
     }
 }
+
+/// Runs `wsgate check -c FILE`; returns (exit code, stdout + stderr).
+pub fn check(config: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .expect("run wsgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
