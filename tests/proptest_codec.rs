@@ -251,7 +251,7 @@ fn run_inbound(stream: &[u8], cuts: &[usize], ctx: &DirCtx<'_>) -> (Vec<u8>, Eve
     let mut inb = Inbound::default();
     let mut out = Vec::new();
     let mut ev = Events::default();
-    let mut spill = Vec::new();
+    let mut spill = wsgate::relay::peer::Spill::default();
     let now = tokio::time::Instant::now();
     let mut from = 0;
     for &c in cuts.iter().chain(std::iter::once(&stream.len())) {
@@ -265,7 +265,7 @@ fn run_inbound(stream: &[u8], cuts: &[usize], ctx: &DirCtx<'_>) -> (Vec<u8>, Eve
             return (out, ev, Some(v.code));
         }
     }
-    assert!(spill.is_empty());
+    assert!(!spill.pending());
     (out, ev, None)
 }
 

@@ -541,7 +541,13 @@ fn start_relay(
         relay,
         active: Some(active),
         peer: ctx.peer,
-        client_id: admitted.client_id.into_boxed_str(),
+        // Empty when it is the peer's address: the log line formats that
+        // at the end, and an idle connection holds one block less.
+        client_id: if admitted.id_from_peer {
+            Box::default()
+        } else {
+            admitted.client_id.into_boxed_str()
+        },
         started,
         place: ctx.place.clone(),
     });

@@ -23,6 +23,8 @@ pub struct Connection {
     /// ends (and on drop, however the task ends).
     pub active: Option<Active>,
     pub peer: SocketAddr,
+    /// Empty when the client ID is the peer's IP address (never empty
+    /// otherwise): that one is formatted for the log line at the end.
     pub client_id: Box<str>,
     pub started: Instant,
     /// Holds the connection's place under the caps.
@@ -62,6 +64,13 @@ fn finish(
     started: Instant,
     r: Report,
 ) {
+    let from_peer;
+    let client_id = if client_id.is_empty() {
+        from_peer = peer.ip().to_string();
+        &from_peer
+    } else {
+        client_id
+    };
     let secs = started.elapsed().as_secs_f64();
     metrics.connection_duration.observe(secs);
     tracing::info!(

@@ -12,6 +12,7 @@
 //! they came.
 
 use crate::relay::inflate::{Corrupt, Inflater, Inspect};
+use crate::relay::peer::Spill;
 use crate::relay::rate::Bucket;
 use crate::ws::close::{self, ClosePayload, code as close_code};
 use crate::ws::frame::{self, Header, MAX_CONTROL_PAYLOAD, opcode};
@@ -191,7 +192,7 @@ impl Inbound {
         bucket: &mut Option<Box<Bucket>>,
         now: tokio::time::Instant,
         ev: &mut Events,
-        spill: &mut Vec<u8>,
+        spill: &mut Spill,
     ) -> (usize, Option<Violation>) {
         let len = buf.len();
         let (mut r, mut w) = (0usize, 0usize);
@@ -229,7 +230,7 @@ impl Inbound {
                 if self.remaining > 0 {
                     break;
                 }
-                if let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill) {
+                if let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill, now) {
                     return (w, Some(v));
                 }
                 continue;
@@ -358,7 +359,7 @@ impl Inbound {
             }
             r += h.header_len;
             if h.payload_len == 0
-                && let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill)
+                && let Err(v) = self.end_frame(ctx, ev, buf, &mut w, spill, now)
             {
                 return (w, Some(v));
             }
@@ -552,7 +553,8 @@ impl Inbound {
         ev: &mut Events,
         buf: &mut [u8],
         w: &mut usize,
-        spill: &mut Vec<u8>,
+        spill: &mut Spill,
+        now: tokio::time::Instant,
     ) -> Result<(), Violation> {
         self.check_utf8 = false;
         self.check_inflate = false;
@@ -575,9 +577,9 @@ impl Inbound {
             if !ctx.json_ok(&held.payload) {
                 return Err(invalid_json());
             }
-            spill.extend_from_slice(&buf[..*w]);
+            spill.extend(&buf[..*w], now);
             *w = 0;
-            spill.extend_from_slice(&held.raw);
+            spill.extend(&held.raw, now);
         }
         ev.messages += 1;
         Ok(())

@@ -33,7 +33,6 @@ pub mod rate;
 pub mod timers;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,7 +41,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DirectionCounters, Metrics};
 use crate::side::Side;
@@ -132,7 +131,6 @@ pub struct Relay<S> {
     /// Pushes from the cluster; boxed, and only on cluster-enabled gateways.
     link: Option<Box<Link>>,
     timers: Timers,
-    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     cancel_seen: bool,
     shutdown: CancellationToken,
     /// The first ending decided; later ones only add close frames.
@@ -169,8 +167,7 @@ impl<S: RelayIo> Relay<S> {
             metrics,
             deflate: session.deflate,
             inspect: session.inspect,
-            timers: Timers::new(now, session.token_expires),
-            cancelled: Box::pin(session.cancel.cancelled_owned()),
+            timers: Timers::new(now, session.token_expires, session.cancel),
             cancel_seen: false,
             shutdown: session.shutdown,
             ending: None,
@@ -218,7 +215,7 @@ impl<S: RelayIo> Relay<S> {
     /// Moves bytes until the connection ends (`Ready`).
     pub fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut now = Instant::now();
-        if !self.cancel_seen && self.cancelled.as_mut().poll(cx).is_ready() {
+        if !self.cancel_seen && self.timers.poll_cancelled(cx) {
             self.cancel_seen = true;
             self.on_cancel(now);
         }
@@ -469,7 +466,7 @@ impl<S: RelayIo> Relay<S> {
         for side in Side::BOTH {
             let hb = self.policy.heartbeat(side);
             let peer = self.peer(side);
-            if peer.blocked_since.is_some_and(|t| now >= t + slow) {
+            if peer.blocked_since().is_some_and(|t| now >= t + slow) {
                 self.end(
                     Ending::Violation {
                         by: side,
@@ -505,7 +502,7 @@ impl<S: RelayIo> Relay<S> {
                 .heartbeating()
                 .then(|| peer.liveness.deadline(self.policy.heartbeat(side)))
                 .flatten();
-            peer_deadlines[2 * i + 1] = peer.blocked_since.map(|t| t + slow);
+            peer_deadlines[2 * i + 1] = peer.blocked_since().map(|t| t + slow);
         }
         self.timers.arm(cx, peer_deadlines, now)
     }
@@ -550,14 +547,14 @@ fn pump_dir<S: RelayIo>(
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let read_chunk = dir.read_chunk;
-        let n = if !from.pre.is_empty() {
-            let n = from.pre.len().min(read_chunk);
-            scratch[HEADROOM..HEADROOM + n].copy_from_slice(&from.pre[..n]);
-            from.pre = if n == from.pre.len() {
-                Bytes::new()
-            } else {
-                from.pre.slice(n..)
-            };
+        let n = if let Some(pre) = from.pre.take() {
+            let n = pre.len().min(read_chunk);
+            scratch[HEADROOM..HEADROOM + n].copy_from_slice(&pre[..n]);
+            // More than one read's worth: keep the rest (once per connection
+            // at most, not per message).
+            if n < pre.len() {
+                from.pre = Some(Box::from(&pre[n..]));
+            }
             n
         } else {
             let mut rb = ReadBuf::new(&mut scratch[HEADROOM..HEADROOM + read_chunk]);

@@ -17,9 +17,91 @@ use crate::relay::timers::Liveness;
 use crate::side::Side;
 use crate::ws::frame::{ControlFrame, opcode};
 
-/// A spill buffer bigger than this is freed once drained rather than kept,
-/// so a connection that once had a burst does not hold its memory forever.
+/// A spill buffer bigger than this is freed once drained rather than put
+/// back in the thread's pool.
 const SPILL_KEEP: usize = 4 * 1024;
+/// Drained spill buffers kept per thread for the next slow receiver, so a
+/// busy link does not allocate per burst and an idle one holds none.
+const SPILL_POOL: usize = 64;
+
+thread_local! {
+    // Boxed on purpose: a box moves between a peer and the pool without
+    // being allocated again.
+    #[allow(clippy::vec_box)]
+    static SPILL_FREE: std::cell::RefCell<Vec<Box<Pending>>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Bytes toward a peer that it has not taken yet.
+struct Pending {
+    buf: Vec<u8>,
+    /// Written up to here.
+    pos: usize,
+    /// Since when they have been waiting (slow-consumer limit).
+    since: Instant,
+}
+
+/// What waits toward one peer. Exists only while bytes wait: an idle link
+/// holds no buffer (8 bytes instead of a `Vec`, its position and a time),
+/// and a drained buffer goes back to a per-thread pool.
+#[derive(Default)]
+pub struct Spill(Option<Box<Pending>>);
+
+impl Spill {
+    /// Appends `data` behind what waits; starts the wait at `now`.
+    pub fn extend(&mut self, data: &[u8], now: Instant) {
+        let p = self.0.get_or_insert_with(|| {
+            let mut p = SPILL_FREE
+                .with(|f| f.borrow_mut().pop())
+                .unwrap_or_else(|| {
+                    Box::new(Pending {
+                        buf: Vec::new(),
+                        pos: 0,
+                        since: now,
+                    })
+                });
+            p.since = now;
+            p
+        });
+        p.buf.extend_from_slice(data);
+    }
+
+    pub fn pending(&self) -> bool {
+        self.0.as_ref().is_some_and(|p| p.pos < p.buf.len())
+    }
+
+    /// Since when bytes have been waiting, if any do.
+    pub fn since(&self) -> Option<Instant> {
+        self.0.as_ref().map(|p| p.since)
+    }
+
+    fn unwritten(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |p| &p.buf[p.pos..])
+    }
+
+    fn written(&mut self, n: usize) {
+        if let Some(p) = self.0.as_mut() {
+            p.pos += n;
+        }
+    }
+
+    /// Drops what waits; the buffer goes back to the pool if small.
+    pub fn release(&mut self) {
+        let Some(mut p) = self.0.take() else { return };
+        if p.buf.capacity() > SPILL_KEEP {
+            return;
+        }
+        p.buf.clear();
+        p.pos = 0;
+        SPILL_FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < SPILL_POOL {
+                f.push(p);
+            }
+        });
+    }
+}
 
 /// Where the close handshake stands toward this peer (what the gateway
 /// sends it). What the peer sent is [`Reading`].
@@ -62,16 +144,14 @@ pub struct Peer<S> {
     side: Side,
     /// The parser of the frames this peer sends.
     pub inbound: Inbound,
-    /// Bytes the handshake read ahead of the frames (hyper's read buffer).
-    pub pre: Bytes,
-    /// Bytes toward this peer that it did not take yet, from `spill_pos`.
-    pub spill: Vec<u8>,
-    spill_pos: usize,
+    /// Bytes the handshake read ahead of the frames (hyper's read buffer),
+    /// copied out; `None` once consumed (16 bytes less than a `Bytes`).
+    pub pre: Option<Box<[u8]>>,
+    /// Bytes toward this peer that it did not take yet.
+    pub spill: Spill,
     /// The stream toward this peer stopped inside a forwarded frame: nothing
     /// of the gateway's own may be written until it completes.
     pub mid_frame: bool,
-    /// Since when bytes toward this peer have been waiting.
-    pub blocked_since: Option<Instant>,
     pub liveness: Liveness,
     /// `app_pong`s owed to this peer.
     pub pongs_due: u32,
@@ -88,20 +168,14 @@ impl<S: RelayIo> Peer<S> {
     pub fn new(io: S, side: Side, pre: Bytes, now: Instant) -> Self {
         // The read-ahead is a view into the handshake's read buffer (8 KiB
         // or more); copy it out so that buffer is freed now.
-        let pre = if pre.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&pre)
-        };
+        let pre = (!pre.is_empty()).then(|| Box::from(&pre[..]));
         Peer {
             io,
             side,
             inbound: Inbound::default(),
             pre,
-            spill: Vec::new(),
-            spill_pos: 0,
+            spill: Spill::default(),
             mid_frame: false,
-            blocked_since: None,
             liveness: Liveness::new(now),
             pongs_due: 0,
             close: CloseState::Open,
@@ -149,7 +223,12 @@ impl<S: RelayIo> Peer<S> {
     }
 
     pub fn spill_pending(&self) -> bool {
-        self.spill_pos < self.spill.len()
+        self.spill.pending()
+    }
+
+    /// Since when bytes toward this peer have been waiting.
+    pub fn blocked_since(&self) -> Option<Instant> {
+        self.spill.since()
     }
 
     /// Writes `data` now if the peer takes it, keeping what it does not.
@@ -162,15 +241,13 @@ impl<S: RelayIo> Peer<S> {
             }
         }
         if !data.is_empty() && !self.gone() {
-            self.spill.extend_from_slice(data);
-            self.blocked_since.get_or_insert(now);
+            self.spill.extend(data, now);
         }
     }
 
     /// Appends bytes behind those already waiting (order is kept).
     pub fn spill_behind(&mut self, data: &[u8], now: Instant) {
-        self.spill.extend_from_slice(data);
-        self.blocked_since.get_or_insert(now);
+        self.spill.extend(data, now);
     }
 
     /// Moves spilled bytes, then the gateway's own frames when the stream is
@@ -190,27 +267,19 @@ impl<S: RelayIo> Peer<S> {
             return false;
         }
         while self.spill_pending() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.spill[self.spill_pos..]) {
+            match Pin::new(&mut self.io).poll_write(cx, self.spill.unwritten()) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.write_failed();
                     return true;
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.spill_pos += n;
+                    self.spill.written(n);
                     progress = true;
                 }
                 Poll::Pending => return progress,
             }
         }
-        if !self.spill.is_empty() {
-            if self.spill.capacity() > SPILL_KEEP {
-                self.spill = Vec::new();
-            } else {
-                self.spill.clear();
-            }
-            self.spill_pos = 0;
-        }
-        self.blocked_since = None;
+        self.spill.release();
         if self.mid_frame || self.close == CloseState::Sent {
             return self.finish_close(cx, fin_needed) || progress;
         }
@@ -273,8 +342,7 @@ impl<S: RelayIo> Peer<S> {
         }
         if self.mid_frame {
             self.mid_frame = false;
-            self.spill.clear();
-            self.spill_pos = 0;
+            self.spill.release();
             self.close = CloseState::Sent;
         } else {
             self.close = CloseState::Due { code, reason };
@@ -312,5 +380,30 @@ impl<S: RelayIo> Peer<S> {
     /// Done with this peer: nothing more to send it, nothing more to read.
     pub fn finished(&self) -> bool {
         self.gone() || (self.close == CloseState::Shut && self.reading != Reading::Open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle peer holds no pending buffer: the spill exists only while
+    /// bytes wait, and costs one pointer otherwise.
+    #[test]
+    fn spill_exists_only_while_bytes_wait() {
+        assert_eq!(std::mem::size_of::<Spill>(), 8);
+        let now = Instant::now();
+        let mut s = Spill::default();
+        assert!(!s.pending() && s.since().is_none());
+        s.extend(b"abc", now);
+        assert!(s.pending());
+        assert_eq!(s.since(), Some(now));
+        s.written(3);
+        assert!(!s.pending());
+        s.release();
+        assert!(s.0.is_none() && s.since().is_none());
+        // The buffer went back to the pool and is reused, empty.
+        s.extend(b"d", now);
+        assert_eq!(s.unwritten(), b"d");
     }
 }

@@ -13,6 +13,7 @@ use std::task::Context;
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::relay::policy::Heartbeat;
 
@@ -24,9 +25,32 @@ const FAR: Duration = Duration::from_secs(86400 * 365);
 
 /// The connection-wide deadlines and the one `Sleep` armed at the earliest
 /// of them and of the peers' heartbeat and slow-consumer deadlines.
+///
+/// Kept small: it lives in every idle connection's task. The armed moment
+/// is the sleep's own deadline, and the deadlines most connections never
+/// have (a close under way, a drain, an expiring token) are boxed together.
 pub struct Timers {
-    sleep: Pin<Box<Sleep>>,
-    armed: Instant,
+    /// The sleep and the wait for cancellation, in one allocation.
+    waits: Pin<Box<Waits>>,
+    /// The sleep fired and was not re-armed since: nothing is armed.
+    idle: bool,
+    rare: Option<Box<Rare>>,
+}
+
+pin_project_lite::pin_project! {
+    /// What an idle connection waits on besides its sockets.
+    struct Waits {
+        #[pin]
+        sleep: Sleep,
+        // Shutdown, or its backend drained or removed.
+        #[pin]
+        cancelled: WaitForCancellationFutureOwned,
+    }
+}
+
+/// Deadlines of a connection's end (or of a token with an expiry).
+#[derive(Default)]
+struct Rare {
     /// The close handshake must be over by then.
     close_deadline: Option<Instant>,
     /// A drained backend's connection closes at this (random) moment.
@@ -36,49 +60,73 @@ pub struct Timers {
 }
 
 impl Timers {
-    pub fn new(now: Instant, token_expires: Option<Instant>) -> Timers {
-        let far = now + FAR;
+    pub fn new(now: Instant, token_expires: Option<Instant>, cancel: CancellationToken) -> Timers {
         Timers {
-            sleep: Box::pin(tokio::time::sleep_until(far)),
-            armed: far,
-            close_deadline: None,
-            drain_at: None,
-            token_expires,
+            waits: Box::pin(Waits {
+                sleep: tokio::time::sleep_until(now + FAR),
+                cancelled: cancel.cancelled_owned(),
+            }),
+            idle: false,
+            rare: token_expires.map(|t| {
+                Box::new(Rare {
+                    token_expires: Some(t),
+                    ..Rare::default()
+                })
+            }),
         }
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_default()
     }
 
     /// Whether the sleep has fired; registers the task's waker when not.
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep.as_mut().poll(cx).is_ready()
+        self.waits.as_mut().project().sleep.poll(cx).is_ready()
+    }
+
+    /// Whether the connection's token was cancelled; registers the task's
+    /// waker when not.
+    pub fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> bool {
+        self.waits.as_mut().project().cancelled.poll(cx).is_ready()
     }
 
     /// The armed deadline passed: nothing is armed until `arm` again.
-    pub fn fired(&mut self, now: Instant) {
-        self.armed = now + FAR;
+    pub fn fired(&mut self, _now: Instant) {
+        self.idle = true;
     }
 
     /// A close handshake started: it has `CLOSE_TIMEOUT` to finish (the
     /// first start counts).
     pub fn start_close(&mut self, now: Instant) {
-        self.close_deadline.get_or_insert(now + CLOSE_TIMEOUT);
+        self.rare()
+            .close_deadline
+            .get_or_insert(now + CLOSE_TIMEOUT);
     }
 
     pub fn close_overdue(&self, now: Instant) -> bool {
-        self.close_deadline.is_some_and(|d| now >= d)
+        self.rare
+            .as_ref()
+            .and_then(|r| r.close_deadline)
+            .is_some_and(|d| now >= d)
     }
 
     pub fn drain_at(&mut self, at: Instant) {
-        self.drain_at = Some(at);
+        self.rare().drain_at = Some(at);
     }
 
     /// True once, when the drain moment has come.
     pub fn take_drain(&mut self, now: Instant) -> bool {
-        take_due(&mut self.drain_at, now)
+        self.rare
+            .as_mut()
+            .is_some_and(|r| take_due(&mut r.drain_at, now))
     }
 
     /// True once, when the token has expired.
     pub fn take_token_expiry(&mut self, now: Instant) -> bool {
-        take_due(&mut self.token_expires, now)
+        self.rare
+            .as_mut()
+            .is_some_and(|r| take_due(&mut r.token_expires, now))
     }
 
     /// Arms the sleep at the earliest of this connection's deadlines and
@@ -89,19 +137,19 @@ impl Timers {
         others: impl IntoIterator<Item = Option<Instant>>,
         now: Instant,
     ) -> bool {
-        let next = [self.close_deadline, self.drain_at, self.token_expires]
-            .into_iter()
-            .chain(others)
-            .flatten()
-            .min();
+        let own = self.rare.as_deref().map_or([None; 3], |r| {
+            [r.close_deadline, r.drain_at, r.token_expires]
+        });
+        let next = own.into_iter().chain(others).flatten().min();
         let Some(next) = next else { return false };
         if next <= now {
             return true;
         }
-        if next < self.armed {
-            self.armed = next;
-            self.sleep.as_mut().reset(next);
-            return self.sleep.as_mut().poll(cx).is_ready();
+        if self.idle || next < self.waits.sleep.deadline() {
+            self.idle = false;
+            let mut sleep = self.waits.as_mut().project().sleep;
+            sleep.as_mut().reset(next);
+            return sleep.poll(cx).is_ready();
         }
         false
     }
