@@ -65,6 +65,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(PROVIDER())
 }
 
+/// Makes [`PROVIDER`] the process's default for code that builds rustls
+/// configs without naming one (the Redis client of `[cluster]`): with two
+/// providers compiled in, rustls will not guess. A no-op when one is set.
+pub fn install_default_provider() {
+    let _ = PROVIDER().install_default();
+}
+
 /// The crypto library behind rustls: aws-lc-rs (rustls' default) rather
 /// than ring, because a reconnect storm is full TLS handshakes, and in the
 /// profile of one ring's X25519 alone took a sixth of the gateway's CPU;

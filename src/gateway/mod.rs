@@ -68,6 +68,7 @@ impl Gateway {
     /// path. Admin and health checks run on the caller's runtime. Returns
     /// once every shard listens, so the first client is never refused.
     pub async fn bind(config: Config, shards: usize) -> Result<Gateway, StartError> {
+        crate::tls::install_default_provider();
         let shards = shards.max(1);
         let mut per_shard: Vec<Vec<tokio::net::TcpSocket>> =
             (0..shards).map(|_| Vec::new()).collect();
