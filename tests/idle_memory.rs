@@ -175,15 +175,7 @@ async fn open(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
 fn tls_client(cert: &rustls::pki_types::CertificateDer<'static>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    tls_connector(roots)
 }
 
 /// Opens `n` wss:// links; each echoes one small message.

@@ -420,3 +420,17 @@ pub async fn backend_accept(mut tcp: TcpStream) -> Option<Raw> {
         buf: buf[end..].to_vec(),
     })
 }
+
+/// A TLS client (ring; TLS 1.2 and 1.3) trusting `roots`, offering
+/// `http/1.1` as browsers do for WebSocket.
+pub fn tls_connector(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
