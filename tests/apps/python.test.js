@@ -4,13 +4,18 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { App, startFront } from './harness.js';
+import { App, startFront, waitFor } from './harness.js';
 
 const py = join(import.meta.dirname, '.venv', 'bin', 'python');
 let apps, gateway;
 
 before(async () => {
   apps = await Promise.all(['one', 'two'].map((n) => new App(py, ['pyapp.py', n]).start()));
+  // uvicorn says it listens before it serves; a front that meets a refused or
+  // failed first request marks that backend down for a while (nginx's
+  // max_fails=1 fail_timeout=10s), which would route every client to the other.
+  const serving = (a) => fetch(`http://127.0.0.1:${a.port}/healthz`).then((r) => r.ok).catch(() => false);
+  await waitFor(async () => (await Promise.all(apps.map(serving))).every(Boolean), 'both apps serving /healthz');
   gateway = await startFront(apps.map((a) => a.port));
 });
 
