@@ -9,7 +9,6 @@
 //! caller's task (no extra task per request) and hands back what is left.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::{Pin, pin};
 
 use bytes::Bytes;
@@ -28,13 +27,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
 type Conn = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
 
 /// A response head, and the connection it came on.
-pub struct Exchange<I: ClientIo> {
+pub struct Exchange {
     response: Response<Incoming>,
     /// `None` once the connection future has finished (its result was
     /// checked: an error would have failed the response too).
     conn: Option<Conn>,
-    /// The socket type `send` was given.
-    io: PhantomData<fn() -> I>,
 }
 
 /// Sends `req` as the only request on a new HTTP/1.1 connection over `io`
@@ -42,7 +39,7 @@ pub struct Exchange<I: ClientIo> {
 pub async fn send<I: ClientIo>(
     io: I,
     req: Request<Empty<Bytes>>,
-) -> Result<Exchange<I>, hyper::Error> {
+) -> Result<Exchange, hyper::Error> {
     let (mut sender, conn) = http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
         .await?;
@@ -61,11 +58,10 @@ pub async fn send<I: ClientIo>(
     Ok(Exchange {
         response,
         conn: (!conn_done).then_some(conn),
-        io: PhantomData,
     })
 }
 
-impl<I: ClientIo> Exchange<I> {
+impl Exchange {
     pub fn response(&self) -> &Response<Incoming> {
         &self.response
     }

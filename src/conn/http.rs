@@ -215,6 +215,7 @@ async fn forward(
     let slot = BodySlot::new(body);
     let mut head = headers::proxy_request_headers(&parts.headers, ctx.peer.ip(), ctx.tls);
     let timeout = routing.response_timeout.get();
+    let connect_timeout = routing.connect_timeout.get();
     let mut last_error = String::new();
     for (attempt, backend) in candidates.iter().enumerate() {
         let uri = upstream_uri(backend, &parts.uri)
@@ -236,7 +237,6 @@ async fn forward(
         } else {
             head.clone()
         };
-        let connect_timeout = routing.connect_timeout.get();
         match tokio::time::timeout(timeout, pool::send(backend, up, connect_timeout)).await {
             Ok(Ok((mut resp, lease))) => {
                 if id_from_peer {
