@@ -645,29 +645,22 @@ async fn routes_by_host_and_path_with_ws_only_and_http_only_routes() {
 #[test]
 fn check_rejects_unknown_pools_and_duplicate_routes_with_key_and_line() {
     let base = "[server]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"d\"\nurl = \"ws://127.0.0.1:1\"\n";
-    let e = wsgate::Config::parse(&format!(
-        "{base}[[routes]]\npath = \"/x\"\npool = \"nope\"\n"
-    ))
-    .unwrap_err()
-    .to_string();
+    let refused = |extra: &str| {
+        wsgate::Config::parse(&format!("{base}{extra}"))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused("[[routes]]\npath = \"/x\"\npool = \"nope\"\n");
     assert!(
         e.contains("routes") && e.contains("pool") && e.contains("line 8"),
         "{e}"
     );
-    let e = wsgate::Config::parse(&format!(
-        "{base}[[routes]]\npath = \"/x\"\n[[routes]]\npath = \"/x/\"\n"
-    ))
-    .unwrap_err()
-    .to_string();
+    let e = refused("[[routes]]\npath = \"/x\"\n[[routes]]\npath = \"/x/\"\n");
     assert!(
         e.contains("path") && e.contains("line 9") && e.contains("route 1"),
         "{e}"
     );
-    let e = wsgate::Config::parse(&format!(
-        "{base}[[backends]]\nname = \"o\"\nurl = \"ws://127.0.0.1:2\"\npool = \"orphan\"\n"
-    ))
-    .unwrap_err()
-    .to_string();
+    let e = refused("[[backends]]\nname = \"o\"\nurl = \"ws://127.0.0.1:2\"\npool = \"orphan\"\n");
     assert!(e.contains("orphan") && e.contains("line 9"), "{e}");
 }
 
